@@ -1,0 +1,361 @@
+"""Federated averaging and the shared round of the FedAvg family.
+
+Reference: H. B. McMahan, E. Moore, D. Ramage, S. Hampson, B. Agüera y Arcas,
+"Communication-Efficient Learning of Deep Networks from Decentralized Data",
+AISTATS 2017, arXiv:1602.05629.
+
+One round: sample a cohort, run local training on every sampled client from
+the current global parameters, average the deltas `w_k - w` (weighted by
+`num_examples`, or uniformly over clients that hold data), and apply a server
+optimizer to the negated average delta, the "pseudo-gradient" of Reddi et al.
+(arXiv:2003.00295). FedAvg itself is the server optimizer `sgd(1.0)`, which
+sets `w <- w + mean delta`.
+
+Choices this implementation makes:
+  * Non-trainable model state (flax "batch_stats") is averaged with the same
+    weights and never passes through the server optimizer, whose state holds
+    entries for "params" only.
+  * A round whose cohort holds no data (an empty Poisson draw, or clients
+    with no rows) leaves parameters, model state and optimizer state as they
+    were.
+  * The client learning rate follows a schedule over rounds evaluated inside
+    the compiled round from `state.round`, so a decaying rate never triggers
+    a recompilation and never restarts at the first round.
+
+FedProx, SCAFFOLD and the adaptive server optimizers reuse `build_fedavg_family`
+and change one piece each through `ClientHooks` or the server optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import tree_utils as otu
+
+from fedjax_med.core import tree as tree_lib
+from fedjax_med.core.algorithm import FederatedAlgorithm
+from fedjax_med.core.client import ClientBatch, local_train
+from fedjax_med.core.engine import ClientOutput, map_cohort
+from fedjax_med.core.sampling import make_sampler
+from fedjax_med.data.federated_data import FederatedData
+from fedjax_med.models.base import Model
+
+PyTree = Any
+Schedule = Callable[[jax.Array], jax.Array]
+
+WEIGHTINGS = ("example", "uniform")
+CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+class ServerState(NamedTuple):
+  """State of a FedAvg-family run.
+
+  Attributes:
+    params: Global trainable parameters.
+    model_state: Global non-trainable collections (empty dict if none).
+    opt_state: Server optimizer state over `params`.
+    client_states: Per-client state with a leading `num_clients` axis, or
+      an empty tuple for stateless clients.
+    extra: Server-side algorithm state (SCAFFOLD's global control variate),
+      or an empty tuple.
+    round: Rounds completed, int32 scalar.
+  """
+
+  params: PyTree
+  model_state: PyTree
+  opt_state: optax.OptState
+  client_states: PyTree
+  extra: PyTree
+  round: jax.Array
+
+
+class ClientHooks(NamedTuple):
+  """Pieces an algorithm may swap in the FedAvg round (all optional).
+
+  Attributes:
+    init_client_states: `(params, num_clients) -> stacked client states`.
+    init_extra: `params -> server-side extra state`.
+    regularizer: `(global_params, client_state, extra) -> (params -> scalar)`,
+      the term added to every local step's loss.
+    update_client_state: `(client_state, global_params, local_params, extra,
+      num_steps, learning_rate) -> (new_client_state, summed_contribution)`;
+      the contribution is summed over the cohort without weights.
+    update_extra: `(extra, summed_contribution, num_clients) -> extra`.
+  """
+
+  init_client_states: Callable[[PyTree, int], PyTree] | None = None
+  init_extra: Callable[[PyTree], PyTree] | None = None
+  regularizer: Callable[..., Callable[[PyTree], jax.Array]] | None = None
+  update_client_state: Callable[..., tuple[PyTree, PyTree]] | None = None
+  update_extra: Callable[[PyTree, PyTree, int], PyTree] | None = None
+
+
+class ClientConfig(NamedTuple):
+  """Local training settings.
+
+  Attributes:
+    learning_rate: A float or an optax schedule over rounds.
+    num_local_steps: Optimizer steps per round.
+    batch_size: Examples per step.
+    optimizer: "sgd", "momentum" or "adam".
+    momentum: Momentum for optimizer="momentum".
+  """
+
+  learning_rate: float | Schedule = 0.1
+  num_local_steps: int = 10
+  batch_size: int = 32
+  optimizer: str = "sgd"
+  momentum: float = 0.9
+
+
+class CohortConfig(NamedTuple):
+  """Which clients train each round and how many are vmapped at once.
+
+  Attributes:
+    clients_per_round: Cohort size for "uniform"; slot capacity for
+      "poisson" (use the number of clients for exact Poisson sampling).
+    sampling: "uniform" (without replacement) or "poisson".
+    poisson_rate: Inclusion probability for "poisson".
+    clients_per_chunk: Clients vmapped together; None for the whole cohort.
+    weighting: "example" (by num_examples) or "uniform" (every client with
+      data counts once).
+  """
+
+  clients_per_round: int
+  sampling: str = "uniform"
+  poisson_rate: float | None = None
+  clients_per_chunk: int | None = None
+  weighting: str = "example"
+
+
+def as_schedule(learning_rate: float | Schedule, name: str) -> Schedule:
+  """Turns a float into a constant schedule, checking that it is positive."""
+  if callable(learning_rate):
+    return learning_rate
+  if not learning_rate > 0:
+    raise ValueError(
+      f"{name}={learning_rate} must be positive; set it to a step size "
+      "such as 0.1."
+    )
+  return optax.constant_schedule(float(learning_rate))
+
+
+def make_client_optimizer(
+  client: ClientConfig, learning_rate: jax.Array
+) -> optax.GradientTransformation:
+  """Builds the local optimizer with a (traced) learning rate."""
+  if client.optimizer == "sgd":
+    return optax.sgd(learning_rate)
+  if client.optimizer == "momentum":
+    return optax.sgd(learning_rate, momentum=client.momentum)
+  if client.optimizer == "adam":
+    return optax.adam(learning_rate)
+  raise ValueError(
+    f"client optimizer={client.optimizer!r} is unknown; use one of "
+    f"{CLIENT_OPTIMIZERS}."
+  )
+
+
+def validate_client_config(client: ClientConfig) -> None:
+  """Raises ValueError for settings that cannot train."""
+  if client.optimizer not in CLIENT_OPTIMIZERS:
+    raise ValueError(
+      f"client optimizer={client.optimizer!r} is unknown; use one of "
+      f"{CLIENT_OPTIMIZERS}."
+    )
+  if client.num_local_steps < 1:
+    raise ValueError(
+      f"num_local_steps={client.num_local_steps} must be at least 1."
+    )
+  if client.batch_size < 1:
+    raise ValueError(f"batch_size={client.batch_size} must be at least 1.")
+
+
+def build_fedavg_family(
+  model: Model,
+  num_clients: int,
+  *,
+  client: ClientConfig,
+  cohort: CohortConfig,
+  server_optimizer: optax.GradientTransformation,
+  hooks: ClientHooks | None = None,
+  dataset_name: str = "the dataset",
+) -> FederatedAlgorithm:
+  """Builds a FedAvg-family algorithm from its pieces.
+
+  Args:
+    model: The network.
+    num_clients: Clients in the population (the data's client axis).
+    client: Local training settings.
+    cohort: Cohort sampling, chunking and weighting.
+    server_optimizer: Applied to the negated average delta each round.
+    hooks: Algorithm-specific pieces; the defaults give plain FedAvg.
+    dataset_name: Used in error messages.
+
+  Returns:
+    The algorithm's pure functions.
+  """
+  validate_client_config(client)
+  hooks = hooks or ClientHooks()
+  if cohort.weighting not in WEIGHTINGS:
+    raise ValueError(
+      f"weighting={cohort.weighting!r} is unknown; use one of {WEIGHTINGS}."
+    )
+  client_schedule = as_schedule(client.learning_rate, "client learning_rate")
+  sampler = make_sampler(
+    cohort.sampling,
+    num_clients,
+    cohort.clients_per_round,
+    cohort.poisson_rate,
+    dataset_name,
+  )
+
+  def init(rng, variables):
+    del rng  # Initialization is deterministic given the variables.
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    client_states = ()
+    if hooks.init_client_states is not None:
+      client_states = hooks.init_client_states(params, num_clients)
+    extra = () if hooks.init_extra is None else hooks.init_extra(params)
+    return ServerState(
+      params=params,
+      model_state=model_state,
+      opt_state=server_optimizer.init(params),
+      client_states=client_states,
+      extra=extra,
+      round=jnp.zeros((), jnp.int32),
+    )
+
+  def run_round(state: ServerState, data: FederatedData, rng: jax.Array):
+    sample_key, clients_key = jax.random.split(rng)
+    cohort_sample = sampler(sample_key)
+    learning_rate = client_schedule(state.round)
+    optimizer = make_client_optimizer(client, learning_rate)
+    variables = {"params": state.params, **state.model_state}
+
+    def client_fn(client_id):
+      batch = ClientBatch(
+        x=data.train.x[client_id],
+        y=data.train.y[client_id],
+        num_examples=data.train.num_examples[client_id],
+      )
+      client_state = tree_lib.gather_rows(state.client_states, client_id)
+      regularizer = None
+      if hooks.regularizer is not None:
+        regularizer = hooks.regularizer(state.params, client_state, state.extra)
+      result = local_train(
+        model,
+        variables,
+        batch,
+        jax.random.fold_in(clients_key, client_id),
+        optimizer=optimizer,
+        num_steps=client.num_local_steps,
+        batch_size=client.batch_size,
+        regularizer=regularizer,
+      )
+
+      new_client_state, contribution = (), ()
+      if hooks.update_client_state is not None:
+        new_client_state, contribution = hooks.update_client_state(
+          client_state,
+          state.params,
+          result.params,
+          state.extra,
+          client.num_local_steps,
+          learning_rate,
+        )
+
+      n = batch.num_examples.astype(jnp.float32)
+      if cohort.weighting == "example":
+        weight = n
+      else:
+        weight = (n > 0).astype(jnp.float32)
+      delta = otu.tree_sub(result.params, state.params)
+      summed = {
+        "weighted_delta": otu.tree_scale(weight, delta),
+        "weighted_model_state": otu.tree_scale(weight, result.model_state),
+        "weighted_loss": weight * result.mean_loss,
+        "weight": weight,
+        "num_examples": n,
+        "contribution": contribution,
+      }
+      return ClientOutput(summed, {"client_state": new_client_state})
+
+    summed, per_client = map_cohort(
+      client_fn, cohort_sample, cohort.clients_per_chunk
+    )
+
+    # Average, then step the server optimizer on the pseudo-gradient.
+    total = summed["weight"]
+    has_data = total > 0
+    inverse = jnp.where(has_data, 1.0 / jnp.maximum(total, 1e-12), 0.0)
+    mean_delta = otu.tree_scale(inverse, summed["weighted_delta"])
+    updates, opt_state = server_optimizer.update(
+      otu.tree_scale(-1.0, mean_delta), state.opt_state, state.params
+    )
+    params = optax.apply_updates(state.params, updates)
+    params = otu.tree_where(has_data, params, state.params)
+    opt_state = otu.tree_where(has_data, opt_state, state.opt_state)
+    model_state = otu.tree_where(
+      has_data,
+      otu.tree_scale(inverse, summed["weighted_model_state"]),
+      state.model_state,
+    )
+
+    client_states = tree_lib.scatter_rows(
+      state.client_states,
+      cohort_sample.client_ids,
+      per_client["client_state"],
+      cohort_sample.mask,
+    )
+    extra = state.extra
+    if hooks.update_extra is not None:
+      extra = hooks.update_extra(extra, summed["contribution"], num_clients)
+
+    new_state = ServerState(
+      params=params,
+      model_state=model_state,
+      opt_state=opt_state,
+      client_states=client_states,
+      extra=extra,
+      round=state.round + 1,
+    )
+    metrics = {
+      "train_loss": summed["weighted_loss"] * inverse,
+      "cohort_size": jnp.sum(cohort_sample.mask.astype(jnp.int32)),
+      "cohort_examples": summed["num_examples"],
+      "client_learning_rate": learning_rate,
+      "delta_norm": otu.tree_norm(mean_delta),
+    }
+    return new_state, metrics
+
+  def global_variables(state: ServerState):
+    return {"params": state.params, **state.model_state}
+
+  return FederatedAlgorithm(init, run_round, global_variables)
+
+
+def fedavg(
+  model: Model,
+  num_clients: int,
+  *,
+  client: ClientConfig,
+  cohort: CohortConfig,
+  server_learning_rate: float | Schedule = 1.0,
+  dataset_name: str = "the dataset",
+) -> FederatedAlgorithm:
+  """FedAvg: server step `w <- w + server_learning_rate * mean delta`."""
+  schedule = as_schedule(server_learning_rate, "server learning_rate")
+  return build_fedavg_family(
+    model,
+    num_clients,
+    client=client,
+    cohort=cohort,
+    server_optimizer=optax.sgd(schedule),
+    dataset_name=dataset_name,
+  )

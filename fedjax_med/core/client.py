@@ -1,0 +1,162 @@
+"""Local training of one client under `lax.scan`, written to be vmapped.
+
+Batches are drawn from a client's padded rows with fixed shapes. Each epoch
+is a fresh random permutation of the client's real rows; step `s` takes the
+next `b = min(batch_size, num_examples)` positions of that sequence, so a
+batch may span the end of one epoch and the start of the next, and a client
+smaller than `batch_size` trains on all its rows with the rest of the batch
+masked out. A client with no rows trains on an all-masked batch, whose data
+loss and gradient are zero.
+
+Algorithms change local training through one hook, `regularizer(params)`,
+a scalar added to every step's loss: FedProx adds a proximal term and
+SCAFFOLD a linear term whose gradient is its control-variate correction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med import losses
+from fedjax_med.models.base import Model
+
+PyTree = Any
+
+
+class ClientBatch(NamedTuple):
+  """One client's padded rows.
+
+  Attributes:
+    x: `[max_examples, *feature_shape]`.
+    y: `[max_examples]` int labels.
+    num_examples: Scalar int; rows `[0, num_examples)` are real.
+  """
+
+  x: jax.Array
+  y: jax.Array
+  num_examples: jax.Array
+
+
+class LocalResult(NamedTuple):
+  """Outcome of local training.
+
+  Attributes:
+    params: Trained parameters.
+    model_state: Non-trainable collections after training (e.g.
+      "batch_stats"); an empty dict for stateless models.
+    mean_loss: Mean data loss over the local steps (without regularizer).
+  """
+
+  params: PyTree
+  model_state: PyTree
+  mean_loss: jax.Array
+
+
+def batch_indices(
+  key: jax.Array,
+  step: jax.Array,
+  num_examples: jax.Array,
+  max_examples: int,
+  batch_size: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Row indices and mask of local step `step`'s batch.
+
+  Returns:
+    `(indices, mask)`, each of shape `[batch_size]`.
+  """
+  n = jnp.maximum(num_examples, 1)
+  b = jnp.minimum(batch_size, n)
+  slot = jnp.arange(batch_size)
+  position = step * b + slot
+  first_epoch = (step * b) // n
+
+  def permutation(epoch):
+    # Padding rows get sort key 2 > any uniform draw, so real rows come
+    # first and rows [0, n) of the result are a permutation of them.
+    scores = jax.random.uniform(jax.random.fold_in(key, epoch), (max_examples,))
+    scores = jnp.where(jnp.arange(max_examples) < num_examples, scores, 2.0)
+    return jnp.argsort(scores)
+
+  # Because b <= n, a batch spans at most two epochs.
+  perm_now = permutation(first_epoch)
+  perm_next = permutation(first_epoch + 1)
+  within = position % n
+  indices = jnp.where(
+    position // n == first_epoch, perm_now[within], perm_next[within]
+  )
+  mask = (slot < b) & (num_examples > 0)
+  return indices, mask
+
+
+def local_train(
+  model: Model,
+  variables: PyTree,
+  batch: ClientBatch,
+  key: jax.Array,
+  *,
+  optimizer: optax.GradientTransformation,
+  num_steps: int,
+  batch_size: int,
+  regularizer: Callable[[PyTree], jax.Array] | None = None,
+) -> LocalResult:
+  """Runs `num_steps` optimizer steps on one client's data.
+
+  Args:
+    model: The network.
+    variables: Starting variables, `{"params": ..., **model_state}`.
+    batch: The client's padded rows.
+    key: The client's key; batches and dropout are derived from it.
+    optimizer: Local optimizer; its state starts fresh every call.
+    num_steps: Local steps (static).
+    batch_size: Examples per step (static).
+    regularizer: Optional scalar function of the parameters added to each
+      step's loss.
+
+  Returns:
+    The trained parameters, model state and mean data loss.
+  """
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  max_examples = batch.x.shape[0]
+  batch_key, dropout_key = jax.random.split(key)
+
+  def loss_fn(params, model_state, x, y, mask, rng):
+    logits, new_state = model.apply(
+      {"params": params, **model_state}, x, train=True, rng=rng
+    )
+    data_loss = losses.masked_mean(losses.cross_entropy(logits, y), mask)
+    total = data_loss
+    if regularizer is not None:
+      total = total + regularizer(params)
+    return total, (data_loss, new_state)
+
+  def step(carry, step_index):
+    params, model_state, opt_state = carry
+    indices, mask = batch_indices(
+      batch_key, step_index, batch.num_examples, max_examples, batch_size
+    )
+    x = jnp.take(batch.x, indices, axis=0)
+    y = jnp.take(batch.y, indices, axis=0)
+    rng = jax.random.fold_in(dropout_key, step_index)
+    grads, (data_loss, new_state) = jax.grad(loss_fn, has_aux=True)(
+      params, model_state, x, y, mask, rng
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    # A step with no real rows must not move normalization statistics.
+    has_rows = jnp.any(mask)
+    model_state = jax.tree.map(
+      lambda new, old: jnp.where(has_rows, new, old), new_state, model_state
+    )
+    return (params, model_state, opt_state), data_loss
+
+  carry = (params, model_state, optimizer.init(params))
+  (params, model_state, _), step_losses = jax.lax.scan(
+    step, carry, jnp.arange(num_steps)
+  )
+  return LocalResult(params, model_state, jnp.mean(step_losses))

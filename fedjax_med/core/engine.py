@@ -1,0 +1,109 @@
+"""Chunked, vmapped evaluation of a client function over a cohort.
+
+`map_cohort` runs `client_fn` for every slot of a cohort in chunks of
+`clients_per_chunk`: `lax.scan` walks the chunks, `vmap` runs the clients of
+one chunk together, and a running sum carries the aggregate. Peak memory is
+that of one chunk, whatever the cohort size. Each client's result depends
+only on its id and the broadcast inputs, never on the chunk it lands in; the
+aggregate is a floating-point sum, so changing the chunk size changes it only
+by rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_med.core import tree as tree_lib
+from fedjax_med.core.sampling import Cohort
+
+PyTree = Any
+
+
+class ClientOutput(NamedTuple):
+  """What one client returns to `map_cohort`.
+
+  Attributes:
+    summed: Pytree added up over the cohort's masked-in slots (for example
+      `weight * delta` and `weight`).
+    per_client: Pytree kept per slot, stacked to `[capacity, ...]` (for
+      example a new client state or a per-client metric).
+  """
+
+  summed: PyTree
+  per_client: PyTree
+
+
+def num_chunks(capacity: int, clients_per_chunk: int) -> int:
+  """Number of chunks that cover `capacity` slots."""
+  return -(-capacity // clients_per_chunk)
+
+
+def resolve_chunk_size(clients_per_chunk: int | None, capacity: int) -> int:
+  """Returns the chunk size, defaulting to the whole cohort.
+
+  Raises:
+    ValueError: If `clients_per_chunk` is not positive.
+  """
+  if clients_per_chunk is None or clients_per_chunk == 0:
+    return capacity
+  if clients_per_chunk < 0:
+    raise ValueError(
+      f"clients_per_chunk={clients_per_chunk} must be positive; use 0 or "
+      "None to process the whole cohort in one chunk."
+    )
+  return min(clients_per_chunk, capacity)
+
+
+def map_cohort(
+  client_fn: Callable[[jax.Array], ClientOutput],
+  cohort: Cohort,
+  clients_per_chunk: int | None = None,
+) -> tuple[PyTree, PyTree]:
+  """Runs `client_fn(client_id)` over the cohort in chunks.
+
+  Args:
+    client_fn: Pure function of a scalar client id. It closes over the
+      broadcast inputs (server parameters, the federated data, stacked
+      client states, the round key) and gathers its own rows.
+    cohort: Client ids and mask, shape `[capacity]`.
+    clients_per_chunk: Clients vmapped together; None or 0 means the whole
+      cohort at once.
+
+  Returns:
+    `(summed, per_client)`: the sum of `ClientOutput.summed` over slots with
+    `cohort.mask`, and `ClientOutput.per_client` stacked to
+    `[capacity, ...]` (padding slots hold values for a repeated client and
+    must be ignored through the mask).
+  """
+  capacity = cohort.client_ids.shape[0]
+  chunk = resolve_chunk_size(clients_per_chunk, capacity)
+  chunks = num_chunks(capacity, chunk)
+  padded = chunks * chunk
+  ids = jnp.pad(cohort.client_ids, (0, padded - capacity))
+  mask = jnp.pad(cohort.mask, (0, padded - capacity))
+  ids = ids.reshape(chunks, chunk)
+  mask = mask.reshape(chunks, chunk)
+
+  vmapped = jax.vmap(client_fn)
+  abstract = jax.eval_shape(vmapped, ids[0])
+  zeros = jax.tree.map(
+    lambda s: jnp.zeros(s.shape[1:], s.dtype), abstract.summed
+  )
+
+  def body(total, chunk_inputs):
+    chunk_ids, chunk_mask = chunk_inputs
+    out = vmapped(chunk_ids)
+    chunk_sum = tree_lib.masked_sum(out.summed, chunk_mask)
+    total = jax.tree.map(jnp.add, total, chunk_sum)
+    return total, out.per_client
+
+  summed, per_client = jax.lax.scan(body, zeros, (ids, mask))
+  per_client = jax.tree.map(
+    lambda leaf: leaf.reshape(padded, *leaf.shape[2:])[:capacity],
+    per_client,
+  )
+  return summed, per_client
