@@ -1,17 +1,19 @@
-"""Federated algorithms, one module per method, each a factory."""
+"""Federated algorithms, one module per method, each with a factory.
 
+The modules share their method's name and hold its factory, e.g.
+`fedjax_med.algorithms.fedprox.fedprox(...)`; `build_algorithm` builds any of
+them from a config.
+"""
+
+from fedjax_med.algorithms import fedavg, fedopt, fedprox, scaffold
 from fedjax_med.algorithms.fedavg import (
   ClientConfig,
   ClientHooks,
   CohortConfig,
   ServerState,
   build_fedavg_family,
-  fedavg,
 )
-from fedjax_med.algorithms.fedopt import fedopt, server_optimizer
-from fedjax_med.algorithms.fedprox import fedprox
 from fedjax_med.algorithms.registry import ALGORITHM_NAMES, build_algorithm
-from fedjax_med.algorithms.scaffold import scaffold
 
 __all__ = [
   "ALGORITHM_NAMES",
@@ -25,5 +27,4 @@ __all__ = [
   "fedopt",
   "fedprox",
   "scaffold",
-  "server_optimizer",
 ]

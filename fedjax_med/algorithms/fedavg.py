@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
+from fedjax_med import losses
 from fedjax_med.core import tree as tree_lib
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.core.client import ClientBatch, local_train
@@ -103,6 +104,7 @@ class ClientConfig(NamedTuple):
     batch_size: Examples per step.
     optimizer: "sgd", "momentum" or "adam".
     momentum: Momentum for optimizer="momentum".
+    loss_fn: Per-example loss `(logits, labels) -> [batch]`.
   """
 
   learning_rate: float | Schedule = 0.1
@@ -110,6 +112,7 @@ class ClientConfig(NamedTuple):
   batch_size: int = 32
   optimizer: str = "sgd"
   momentum: float = 0.9
+  loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy
 
 
 class CohortConfig(NamedTuple):
@@ -232,6 +235,7 @@ def build_fedavg_family(
     )
 
   def run_round(state: ServerState, data: FederatedData, rng: jax.Array):
+    data = jax.tree.map(jnp.asarray, data)  # Host arrays work unjitted too.
     sample_key, clients_key = jax.random.split(rng)
     cohort_sample = sampler(sample_key)
     learning_rate = client_schedule(state.round)
@@ -257,6 +261,7 @@ def build_fedavg_family(
         num_steps=client.num_local_steps,
         batch_size=client.batch_size,
         regularizer=regularizer,
+        loss_fn=client.loss_fn,
       )
 
       new_client_state, contribution = (), ()

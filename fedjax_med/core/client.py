@@ -103,6 +103,7 @@ def local_train(
   num_steps: int,
   batch_size: int,
   regularizer: Callable[[PyTree], jax.Array] | None = None,
+  loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy,
 ) -> LocalResult:
   """Runs `num_steps` optimizer steps on one client's data.
 
@@ -116,6 +117,8 @@ def local_train(
     batch_size: Examples per step (static).
     regularizer: Optional scalar function of the parameters added to each
       step's loss.
+    loss_fn: Per-example loss `(logits [batch, outputs], labels [batch]) ->
+      [batch]`; cross-entropy by default.
 
   Returns:
     The trained parameters, model state and mean data loss.
@@ -125,11 +128,11 @@ def local_train(
   max_examples = batch.x.shape[0]
   batch_key, dropout_key = jax.random.split(key)
 
-  def loss_fn(params, model_state, x, y, mask, rng):
+  def objective(params, model_state, x, y, mask, rng):
     logits, new_state = model.apply(
       {"params": params, **model_state}, x, train=True, rng=rng
     )
-    data_loss = losses.masked_mean(losses.cross_entropy(logits, y), mask)
+    data_loss = losses.masked_mean(loss_fn(logits, y), mask)
     total = data_loss
     if regularizer is not None:
       total = total + regularizer(params)
@@ -143,7 +146,7 @@ def local_train(
     x = jnp.take(batch.x, indices, axis=0)
     y = jnp.take(batch.y, indices, axis=0)
     rng = jax.random.fold_in(dropout_key, step_index)
-    grads, (data_loss, new_state) = jax.grad(loss_fn, has_aux=True)(
+    grads, (data_loss, new_state) = jax.grad(objective, has_aux=True)(
       params, model_state, x, y, mask, rng
     )
     updates, opt_state = optimizer.update(grads, opt_state, params)
