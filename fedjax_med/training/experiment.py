@@ -1,0 +1,282 @@
+"""The experiment loop: rounds, evaluation, metrics, checkpoints.
+
+`run_experiment(config, workdir)` loads the data and model named by the
+config, builds the algorithm, jit-compiles its round once, and runs
+`config.num_rounds` rounds. Every `eval_every` rounds it evaluates the global
+model on each client's test split and on the pooled test set. Metrics go to
+`<workdir>/metrics.jsonl` and TensorBoard; checkpoints to
+`<workdir>/checkpoints`; at the end it writes `<workdir>/final_metrics.json`
+and a PNG plot per metric.
+
+Randomness: one key per run from `config.seed`, split into an init key and a
+run key; round `r` uses `fold_in(run_key, r)`, so a resumed run draws the same
+keys as an uninterrupted one and the two end with bit-identical parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from fedjax_med.algorithms.registry import build_algorithm
+from fedjax_med.data.federated_data import FederatedData
+from fedjax_med.data.registry import load_dataset
+from fedjax_med.metrics.classification import format_client_table
+from fedjax_med.models.registry import get_model
+from fedjax_med.training import baselines
+from fedjax_med.training.checkpoint import Checkpointer
+from fedjax_med.training.evaluation import evaluate, make_predict_fn
+from fedjax_med.training.plotting import plot_client_metrics
+from fedjax_med.training.writers import MetricWriter, read_jsonl
+
+PLOTTED_METRICS = ("accuracy", "auroc", "loss")
+
+
+def load_data(config: ml_collections.ConfigDict) -> FederatedData:
+  """Loads the dataset named by `config.data`."""
+  options = config.data.to_dict()
+  name = options.pop("name")
+  return load_dataset(name, **options)
+
+
+def build_model(config: ml_collections.ConfigDict, data: FederatedData):
+  """Builds the model named by `config.model` for `data`."""
+  options = config.model.to_dict()
+  name = options.pop("name")
+  return get_model(
+    name,
+    num_classes=data.num_classes,
+    feature_shape=data.feature_shape,
+    **options,
+  )
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for loop settings that cannot run."""
+  for field in ("num_rounds", "eval_every", "checkpoint_every"):
+    value = config[field]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(
+        f"{field}={value!r} must be a positive integer; pass e.g. "
+        f"--config.{field}=10."
+      )
+
+
+def _jsonable(value: Any) -> Any:
+  """Converts numpy scalars and NaN to JSON values (NaN becomes null)."""
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (np.generic, np.ndarray)):
+    value = value.item() if np.ndim(value) == 0 else value.tolist()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def write_json(path: str, payload: dict) -> None:
+  """Writes `payload` as JSON via a temporary file and an atomic rename."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(payload), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _eval_scalars(result: dict) -> dict[str, float]:
+  scalars = {}
+  for group in ("pooled", "client_mean", "example_weighted"):
+    for metric, value in result[group].items():
+      scalars[f"eval/{group}/{metric}"] = value
+  for client, metrics in result["per_client"].items():
+    for metric, value in metrics.items():
+      scalars[f"eval/{client}/{metric}"] = value
+  scalars["eval/worst_client/accuracy"] = result["worst_client"]["accuracy"]
+  return scalars
+
+
+def write_plots(workdir: str, client_names: tuple[str, ...]) -> list[str]:
+  """Plots each metric per site over rounds from `metrics.jsonl`."""
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  paths = []
+  for metric in PLOTTED_METRICS:
+    path = os.path.join(workdir, f"{metric}_per_site.png")
+    plot_client_metrics(records, metric, path, client_names)
+    paths.append(path)
+  return paths
+
+
+def run_experiment(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  resume: bool = False,
+) -> dict:
+  """Runs the configured experiment and returns its final metrics.
+
+  `config.algorithm.name` names a federated algorithm, or one of the
+  baselines: "pooled" (centralized training on every site's training rows)
+  and "local" (each site trains alone; one sub-run per site under
+  `<workdir>/local_<site>`).
+
+  Args:
+    config: Experiment config (see `configs/fed_heart_disease.py`).
+    workdir: Directory for metrics, checkpoints, plots and results.
+    resume: Continue from the newest checkpoint in `workdir`.
+
+  Returns:
+    The dict written to `<workdir>/final_metrics.json`.
+
+  Raises:
+    ValueError: For invalid settings, or a `workdir` that holds checkpoints
+      when `resume` is False.
+    FloatingPointError: If the training loss becomes NaN or infinite; the
+      last good checkpoint stays on disk.
+  """
+  validate_config(config)
+  data = load_data(config)
+  model = build_model(config, data)
+  os.makedirs(workdir, exist_ok=True)
+  logging.info(
+    "Dataset %s: %d clients, train sizes %s, test sizes %s",
+    data.name,
+    data.num_clients,
+    data.train.num_examples.tolist(),
+    data.test.num_examples.tolist(),
+  )
+  name = config.algorithm.name
+  if name == "local":
+    final = baselines.run_local_baseline(
+      config,
+      data,
+      workdir,
+      lambda *args: train_and_evaluate(*args, model=model, resume=resume),
+    )
+  else:
+    train_data = data
+    if name == "pooled":
+      config = baselines.pooled_config(config)
+      train_data = baselines.pooled_train_data(data)
+    final = train_and_evaluate(
+      config, train_data, data, workdir, model=model, resume=resume
+    )
+    final["algorithm"] = name
+  write_json(os.path.join(workdir, "final_metrics.json"), final)
+  return final
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  train_data: FederatedData,
+  eval_data: FederatedData,
+  workdir: str,
+  *,
+  model,
+  resume: bool,
+) -> dict:
+  """Trains on `train_data` and evaluates on `eval_data`'s test splits.
+
+  The two differ only for the baselines (one pooled or single-site training
+  client, every site's test split); for federated runs they are the same.
+  """
+  algorithm = build_algorithm(config, model, train_data)
+  init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  sample_x = jnp.asarray(train_data.train.x[0, :1])
+  state = algorithm.init(init_key, model.init(init_key, sample_x))
+  os.makedirs(workdir, exist_ok=True)
+
+  checkpointer = Checkpointer(workdir)
+  start = 0
+  latest = checkpointer.latest_round()
+  if latest is not None and not resume:
+    raise ValueError(
+      f"workdir {workdir!r} already holds checkpoints up to round "
+      f"{latest}; pass --resume to continue that run or choose a new "
+      "--workdir."
+    )
+  if latest is not None:
+    if latest > config.num_rounds:
+      raise ValueError(
+        f"the checkpoint in {workdir!r} is at round {latest}, beyond "
+        f"num_rounds={config.num_rounds}; raise num_rounds to continue."
+      )
+    state, run_key = checkpointer.restore(latest, state, run_key)
+    start = latest
+    logging.info("Resumed from the checkpoint at round %d.", start)
+
+  device_data = jax.device_put(train_data)
+  round_fn = jax.jit(algorithm.run_round)
+  predict_fn = make_predict_fn(model)
+  result = None
+  progress = tqdm.trange(
+    start,
+    config.num_rounds,
+    desc=f"{config.algorithm.name} on {train_data.name}",
+    disable=not config.get("progress_bar", True),
+  )
+  with MetricWriter(workdir) as writer:
+    for round_index in progress:
+      state, metrics = round_fn(
+        state, device_data, jax.random.fold_in(run_key, round_index)
+      )
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics["train_loss"]):
+        checkpointer.close()
+        raise FloatingPointError(
+          f"train_loss is {metrics['train_loss']} at round "
+          f"{round_index + 1}; lower client.learning_rate (now "
+          f"{config.client.learning_rate}) or server.learning_rate. The "
+          f"last good checkpoint is in {checkpointer.directory}."
+        )
+      completed = round_index + 1
+      scalars = {f"train/{k}": v for k, v in metrics.items()}
+
+      last = completed == config.num_rounds
+      if completed % config.eval_every == 0 or last:
+        variables = algorithm.global_variables(state)
+        result = evaluate(
+          predict_fn, variables, eval_data.test, eval_data.client_names
+        )
+        scalars.update(_eval_scalars(result))
+        progress.set_postfix(
+          loss=f"{metrics['train_loss']:.4f}",
+          pooled_acc=f"{result['pooled']['accuracy']:.3f}",
+        )
+      writer.write_scalars(completed, scalars)
+      if completed % config.checkpoint_every == 0 or last:
+        checkpointer.save(completed, state, run_key)
+  checkpointer.close()
+
+  if result is None:
+    variables = algorithm.global_variables(state)
+    result = evaluate(
+      predict_fn, variables, eval_data.test, eval_data.client_names
+    )
+  logging.info(
+    "Global model after %d rounds:\n%s",
+    config.num_rounds,
+    format_client_table(result),
+  )
+  write_plots(workdir, eval_data.client_names)
+  return {
+    "algorithm": config.algorithm.name,
+    "dataset": eval_data.name,
+    "seed": config.seed,
+    "rounds": config.num_rounds,
+    "pooled_test_accuracy": result["pooled"]["accuracy"],
+    "pooled": result["pooled"],
+    "per_client": result["per_client"],
+    "client_mean": result["client_mean"],
+    "example_weighted": result["example_weighted"],
+    "worst_client": result["worst_client"],
+    "config": config.to_dict(),
+  }
