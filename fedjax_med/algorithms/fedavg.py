@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -300,6 +301,7 @@ def build_fedavg_family(
     has_data = total > 0
     inverse = jnp.where(has_data, 1.0 / jnp.maximum(total, 1e-12), 0.0)
     mean_delta = otu.tree_scale(inverse, summed["weighted_delta"])
+    chex.assert_trees_all_equal_shapes_and_dtypes(mean_delta, state.params)
     updates, opt_state = server_optimizer.update(
       otu.tree_scale(-1.0, mean_delta), state.opt_state, state.params
     )

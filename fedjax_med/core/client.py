@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -125,6 +126,8 @@ def local_train(
   """
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k != "params"}
+  chex.assert_rank([batch.y, batch.num_examples], [1, 0])
+  chex.assert_equal_shape_prefix([batch.x, batch.y], 1)
   max_examples = batch.x.shape[0]
   batch_key, dropout_key = jax.random.split(key)
 

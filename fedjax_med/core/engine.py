@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -79,6 +80,8 @@ def map_cohort(
     `[capacity, ...]` (padding slots hold values for a repeated client and
     must be ignored through the mask).
   """
+  chex.assert_rank(cohort.client_ids, 1)
+  chex.assert_equal_shape([cohort.client_ids, cohort.mask])
   capacity = cohort.client_ids.shape[0]
   chunk = resolve_chunk_size(clients_per_chunk, capacity)
   chunks = num_chunks(capacity, chunk)
