@@ -145,3 +145,24 @@ def test_missing_data_file_raises(tmp_path):
     config.data.csv_path = str(tmp_path / "absent.csv")
   with pytest.raises(FileNotFoundError, match="absent.csv"):
     experiment.run_experiment(config, str(tmp_path / "run"))
+
+
+def test_haiku_model_trains_end_to_end(tmp_path):
+  final = experiment.run_experiment(
+    _config(**{"model.library": "haiku"}), str(tmp_path)
+  )
+  assert 0.5 < final["pooled_test_accuracy"] <= 1.0
+
+
+def test_digits_cnn_config_runs(tmp_path):
+  from configs import digits_cnn
+
+  config = digits_cnn.get_config()
+  config.num_rounds = 2
+  config.eval_every = 1
+  config.progress_bar = False
+  final = experiment.run_experiment(config, str(tmp_path))
+  assert len(final["per_client"]) == 20
+  assert final["rounds"] == 2
+  # Ten digit classes: chance is about 0.1, and two rounds already help.
+  assert final["pooled_test_accuracy"] > 0.2
