@@ -38,7 +38,9 @@ import optax
 from optax import tree_utils as otu
 
 from fedjax_med import losses
+from fedjax_med.core import aggregation
 from fedjax_med.core import tree as tree_lib
+from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.core.client import ClientBatch, local_train
 from fedjax_med.core.engine import ClientOutput, map_cohort
@@ -64,6 +66,8 @@ class ServerState(NamedTuple):
       an empty tuple for stateless clients.
     extra: Server-side algorithm state (SCAFFOLD's global control variate),
       or an empty tuple.
+    aggregator_state: State of the aggregator (an adaptive clip norm, for
+      example), or an empty tuple.
     round: Rounds completed, int32 scalar.
   """
 
@@ -72,6 +76,7 @@ class ServerState(NamedTuple):
   opt_state: optax.OptState
   client_states: PyTree
   extra: PyTree
+  aggregator_state: PyTree
   round: jax.Array
 
 
@@ -187,6 +192,7 @@ def build_fedavg_family(
   cohort: CohortConfig,
   server_optimizer: optax.GradientTransformation,
   hooks: ClientHooks | None = None,
+  aggregator: Aggregator | None = None,
   dataset_name: str = "the dataset",
 ) -> FederatedAlgorithm:
   """Builds a FedAvg-family algorithm from its pieces.
@@ -198,6 +204,8 @@ def build_fedavg_family(
     cohort: Cohort sampling, chunking and weighting.
     server_optimizer: Applied to the negated average delta each round.
     hooks: Algorithm-specific pieces; the defaults give plain FedAvg.
+    aggregator: Per-client post-processing and the round's aggregation;
+      defaults to the weighted mean.
     dataset_name: Used in error messages.
 
   Returns:
@@ -205,6 +213,7 @@ def build_fedavg_family(
   """
   validate_client_config(client)
   hooks = hooks or ClientHooks()
+  aggregator = aggregator or aggregation.weighted_mean()
   if cohort.weighting not in WEIGHTINGS:
     raise ValueError(
       f"weighting={cohort.weighting!r} is unknown; use one of {WEIGHTINGS}."
@@ -232,12 +241,15 @@ def build_fedavg_family(
       opt_state=server_optimizer.init(params),
       client_states=client_states,
       extra=extra,
+      aggregator_state=aggregator.init(params),
       round=jnp.zeros((), jnp.int32),
     )
 
   def run_round(state: ServerState, data: FederatedData, rng: jax.Array):
     data = jax.tree.map(jnp.asarray, data)  # Host arrays work unjitted too.
     sample_key, clients_key = jax.random.split(rng)
+    # fold_in(rng, i) equals split(rng)[i] for i < 2, so 2 is a fresh stream.
+    server_key = jax.random.fold_in(rng, 2)
     cohort_sample = sampler(sample_key)
     learning_rate = client_schedule(state.round)
     optimizer = make_client_optimizer(client, learning_rate)
@@ -250,6 +262,7 @@ def build_fedavg_family(
         num_examples=data.train.num_examples[client_id],
       )
       client_state = tree_lib.gather_rows(state.client_states, client_id)
+      client_key = jax.random.fold_in(clients_key, client_id)
       regularizer = None
       if hooks.regularizer is not None:
         regularizer = hooks.regularizer(state.params, client_state, state.extra)
@@ -257,7 +270,7 @@ def build_fedavg_family(
         model,
         variables,
         batch,
-        jax.random.fold_in(clients_key, client_id),
+        client_key,
         optimizer=optimizer,
         num_steps=client.num_local_steps,
         batch_size=client.batch_size,
@@ -282,8 +295,17 @@ def build_fedavg_family(
       else:
         weight = (n > 0).astype(jnp.float32)
       delta = otu.tree_sub(result.params, state.params)
+      # local_train uses fold_in(client_key, 0) and (client_key, 1).
+      delta, agg_weight, agg_extra = aggregator.postprocess(
+        delta,
+        weight,
+        state.aggregator_state,
+        jax.random.fold_in(client_key, 2),
+      )
       summed = {
-        "weighted_delta": otu.tree_scale(weight, delta),
+        "weighted_delta": otu.tree_scale(agg_weight, delta),
+        "aggregation_weight": agg_weight,
+        "aggregation_extra": agg_extra,
         "weighted_model_state": otu.tree_scale(weight, result.model_state),
         "weighted_loss": weight * result.mean_loss,
         "weight": weight,
@@ -296,20 +318,32 @@ def build_fedavg_family(
       client_fn, cohort_sample, cohort.clients_per_chunk
     )
 
-    # Average, then step the server optimizer on the pseudo-gradient.
-    total = summed["weight"]
-    has_data = total > 0
-    inverse = jnp.where(has_data, 1.0 / jnp.maximum(total, 1e-12), 0.0)
-    mean_delta = otu.tree_scale(inverse, summed["weighted_delta"])
+    # Aggregate, then step the server optimizer on the pseudo-gradient.
+    cohort_size = jnp.sum(cohort_sample.mask.astype(jnp.int32))
+    finalized = aggregator.finalize(
+      summed["weighted_delta"],
+      summed["aggregation_weight"],
+      summed["aggregation_extra"],
+      cohort_size,
+      state.aggregator_state,
+      server_key,
+    )
+    mean_delta = finalized.mean_delta
     chex.assert_trees_all_equal_shapes_and_dtypes(mean_delta, state.params)
+    step = finalized.apply_update
     updates, opt_state = server_optimizer.update(
       otu.tree_scale(-1.0, mean_delta), state.opt_state, state.params
     )
     params = optax.apply_updates(state.params, updates)
-    params = otu.tree_where(has_data, params, state.params)
-    opt_state = otu.tree_where(has_data, opt_state, state.opt_state)
+    params = otu.tree_where(step, params, state.params)
+    opt_state = otu.tree_where(step, opt_state, state.opt_state)
+
+    # Normalization statistics: the weighted mean over clients with data.
+    total = summed["weight"]
+    has_data = total > 0
+    inverse = jnp.where(has_data, 1.0 / jnp.maximum(total, 1e-12), 0.0)
     model_state = otu.tree_where(
-      has_data,
+      has_data & step,
       otu.tree_scale(inverse, summed["weighted_model_state"]),
       state.model_state,
     )
@@ -330,14 +364,16 @@ def build_fedavg_family(
       opt_state=opt_state,
       client_states=client_states,
       extra=extra,
+      aggregator_state=finalized.state,
       round=state.round + 1,
     )
     metrics = {
       "train_loss": summed["weighted_loss"] * inverse,
-      "cohort_size": jnp.sum(cohort_sample.mask.astype(jnp.int32)),
+      "cohort_size": cohort_size,
       "cohort_examples": summed["num_examples"],
       "client_learning_rate": learning_rate,
       "delta_norm": otu.tree_norm(mean_delta),
+      **finalized.metrics,
     }
     return new_state, metrics
 

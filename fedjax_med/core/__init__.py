@@ -1,5 +1,6 @@
 """The round engine: cohort sampling, local training, chunked maps."""
 
+from fedjax_med.core.aggregation import Aggregator, Finalized, weighted_mean
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.core.client import (
   ClientBatch,
@@ -23,6 +24,8 @@ from fedjax_med.core.tree import (
 )
 
 __all__ = [
+  "Aggregator",
+  "Finalized",
   "SAMPLING_METHODS",
   "ClientBatch",
   "ClientOutput",
@@ -39,4 +42,5 @@ __all__ = [
   "sample_uniform",
   "scatter_rows",
   "stack_trees",
+  "weighted_mean",
 ]

@@ -414,3 +414,40 @@ def test_bad_weighting_raises():
       client=_client(),
       cohort=_all_clients(2, weighting="size"),
     )
+
+
+def test_custom_aggregator_sees_postprocessed_deltas():
+  # A post-processing step that halves every delta, and a finalize that
+  # divides by a fixed public denominator instead of the realised weight.
+  from fedjax_med.core import aggregation
+
+  def postprocess(delta, weight, state, key):
+    del key
+    return otu.tree_scale(0.5, delta), jnp.ones(()), {"seen": jnp.ones(())}
+
+  def finalize(weighted_sum, weight_sum, extra_sum, cohort_size, state, key):
+    del weight_sum, key
+    mean = otu.tree_scale(1.0 / 4.0, weighted_sum)
+    metrics = {"seen": extra_sum["seen"], "size": cohort_size}
+    return aggregation.Finalized(mean, jnp.asarray(True), state + 1, metrics)
+
+  aggregator = aggregation.Aggregator(
+    init=lambda params: jnp.zeros((), jnp.int32),
+    postprocess=postprocess,
+    finalize=finalize,
+  )
+  data = toy.quadratic_data([1, 5], [10, 30])
+  algorithm = fedavg_lib.build_fedavg_family(
+    toy.scalar_model(),
+    2,
+    client=_client(),
+    cohort=_all_clients(2),
+    server_optimizer=optax.sgd(1.0),
+    aggregator=aggregator,
+  )
+  state, history = _run(algorithm, data, _scalar_variables(), 1)
+  # Client deltas 0.2 and 1.0, halved, summed with unit weights, over 4.
+  np.testing.assert_allclose(state.params["w"], (0.1 + 0.5) / 4, rtol=1e-6)
+  assert int(state.aggregator_state) == 1
+  assert float(history[0]["seen"]) == 2.0
+  assert int(history[0]["size"]) == 2
