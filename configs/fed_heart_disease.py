@@ -64,4 +64,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.cohort.poisson_rate = 0.0  # Used when sampling="poisson".
   config.cohort.clients_per_chunk = 0  # 0 runs the whole cohort at once.
   config.cohort.weighting = "example"
+
+  # Differential privacy; mode "none" trains without it. "client" is
+  # DP-FedAvg (each client's delta clipped, Gaussian noise on the sum);
+  # "example" is DP-SGD inside every client (each record clipped).
+  config.privacy = ml_collections.ConfigDict()
+  config.privacy.mode = "none"
+  config.privacy.clip_norm = 1.0
+  config.privacy.noise_multiplier = 1.0
+  config.privacy.target_epsilon = 0.0  # > 0 calibrates noise_multiplier.
+  config.privacy.delta = 1e-5
+  config.privacy.accountant = "rdp"  # "rdp" or "pld".
+  config.privacy.adjacency = "add_remove"  # Or "replace_one".
+  config.privacy.stop_at_budget = True
+  config.privacy.adaptive_clipping = False
+  config.privacy.target_unclipped_quantile = 0.5
+  config.privacy.clip_learning_rate = 0.2
+  config.privacy.clipped_count_stddev = 0.0  # 0 picks a default.
+  config.privacy.batch_sampling = "poisson"  # DP-SGD: or "fixed_size".
+  config.privacy.secure_aggregation = False
+  config.privacy.secagg_bits = 32  # Ring modulus 2**bits.
+  config.privacy.secagg_threshold = 0  # 0 picks a majority threshold.
+  config.privacy.secagg_dropout_rate = 0.0
   return config
