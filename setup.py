@@ -5,7 +5,10 @@ import setuptools
 INSTALL_REQUIRES = [
   "absl-py>=2.1",
   "chex>=0.1.90",
+  # X25519 key agreement and HKDF for secure aggregation's pairwise seeds.
+  "cryptography>=42",
   "dm-haiku>=0.0.14",
+  "dp-accounting>=0.4",
   "flax>=0.10",
   "jax>=0.6",
   "jaxlib>=0.6",
