@@ -11,23 +11,18 @@ Run:
       --workdir=/tmp/digits_cnn
 """
 
-import importlib.util
-import os
+import pathlib
 
 import ml_collections
 
-
-def _base_config():
-  path = os.path.join(os.path.dirname(__file__), "fed_heart_disease.py")
-  spec = importlib.util.spec_from_file_location("fed_heart_disease", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from fedjax_med.training.config_files import load_config_file
 
 
 def get_config():
   """Returns the digits CNN config."""
-  config = _base_config()
+  config = load_config_file(
+    pathlib.Path(__file__).with_name("fed_heart_disease.py")
+  )
   config.num_rounds = 30
   config.data = ml_collections.ConfigDict(
     dict(

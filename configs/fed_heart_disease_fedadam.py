@@ -21,24 +21,18 @@ Run:
       --workdir=/tmp/fed_heart_disease_fedadam
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
-
-def _base_config() -> ml_collections.ConfigDict:
-  """Loads the default experiment's config from the file next to this one."""
-  path = pathlib.Path(__file__).with_name("fed_heart_disease.py")
-  spec = importlib.util.spec_from_file_location("fed_heart_disease", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from fedjax_med.training.config_files import load_config_file
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the FedAdam config."""
-  config = _base_config()
+  config = load_config_file(
+    pathlib.Path(__file__).with_name("fed_heart_disease.py")
+  )
   config.algorithm.name = "fedadam"
   config.server.learning_rate = 0.3
   return config

@@ -4,8 +4,8 @@
 and writes the same scalars as TensorBoard summaries under
 `<workdir>/tensorboard` with tensorboardX, which needs no TensorFlow. The JSON
 file is opened in append mode, so a resumed run continues it. NaN and
-infinite values are written to JSON as null (plain JSON has no NaN) and to
-TensorBoard as they are.
+infinite values are written to JSON as null (plain JSON has no NaN) and left
+out of TensorBoard.
 """
 
 from __future__ import annotations
@@ -129,8 +129,11 @@ class MetricWriter:
       record[name] = number if finite else None
     self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
 
-    for name, number in numbers.items():
-      if number is not None:
+    # TensorBoard gets finite values only: an undefined metric (AUROC at a
+    # site whose test rows hold one class) has no point to draw, and
+    # tensorboardX would log a warning for every NaN.
+    for name, number in record.items():
+      if name != "round" and number is not None:
         self._tensorboard.add_scalar(name, number, global_step=int(step))
 
   def flush(self) -> None:
