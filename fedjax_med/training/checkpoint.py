@@ -1,5 +1,8 @@
 """Orbax checkpoints of a whole run: algorithm state, run key and round.
 
+Each checkpoint has two items: "state" (the pytree of arrays) and "metadata"
+(a JSON dict, for host-side state such as the privacy accountant's), so the
+metadata can be read before the algorithm that shapes the state is built.
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a run that fails mid-save, or fails later, leaves the last
 complete checkpoint in place.
@@ -46,6 +49,10 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._manager = ocp.CheckpointManager(
       self.directory,
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "metadata": ocp.JsonCheckpointHandler(),
+      },
       options=ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True
       ),
@@ -55,10 +62,29 @@ class Checkpointer:
     """Round of the newest complete checkpoint, or None if there is none."""
     return self._manager.latest_step()
 
-  def save(self, round_index: int, state: PyTree, rng: jax.Array) -> None:
-    """Saves the state after `round_index` rounds and waits until written."""
+  def save(
+    self,
+    round_index: int,
+    state: PyTree,
+    rng: jax.Array,
+    metadata: dict[str, Any] | None = None,
+  ) -> None:
+    """Saves the state after `round_index` rounds and waits until written.
+
+    Args:
+      round_index: Rounds completed; the checkpoint's step.
+      state: The algorithm state.
+      rng: The run key.
+      metadata: JSON-serializable host-side state, stored beside `state`.
+    """
     item = {"state": state, "rng": rng, "round": round_index}
-    self._manager.save(round_index, args=ocp.args.StandardSave(item))
+    self._manager.save(
+      round_index,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(item),
+        metadata=ocp.args.JsonSave(metadata or {}),
+      ),
+    )
     self._manager.wait_until_finished()
 
   def restore(
@@ -70,9 +96,17 @@ class Checkpointer:
       {"state": state_like, "rng": rng_like, "round": round_index},
     )
     restored = self._manager.restore(
-      round_index, args=ocp.args.StandardRestore(abstract)
+      round_index,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
     )
-    return restored["state"], restored["rng"]
+    return restored.state["state"], restored.state["rng"]
+
+  def restore_metadata(self, round_index: int) -> dict[str, Any]:
+    """Returns the JSON metadata saved with the checkpoint of `round_index`."""
+    restored = self._manager.restore(
+      round_index, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+    )
+    return dict(restored.metadata or {})
 
   def close(self) -> None:
     self._manager.close()

@@ -11,6 +11,16 @@ and a PNG plot per metric.
 Randomness: one key per run from `config.seed`, split into an init key and a
 run key; round `r` uses `fold_in(run_key, r)`, so a resumed run draws the same
 keys as an uninterrupted one and the two end with bit-identical parameters.
+
+Differential privacy (`config.privacy.mode` "client" or "example"): before the
+algorithm is built, a positive `target_epsilon` is turned into the noise
+multiplier the algorithm runs with (unless `privacy.calibrate_noise` is False;
+see `privacy_budget.py`). Epsilon is logged every round as
+`privacy/epsilon`. With `stop_at_budget`, training stops before a round that
+would take epsilon past `target_epsilon`, saves a checkpoint and records
+`stopped_at_budget` in `final_metrics.json`. The accountant's state is saved
+in every checkpoint, so a resumed run reports the same epsilon as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.data.registry import load_dataset
 from fedjax_med.metrics.classification import format_client_table
 from fedjax_med.models.registry import get_model
-from fedjax_med.training import baselines
+from fedjax_med.training import baselines, privacy_budget
 from fedjax_med.training.checkpoint import Checkpointer
 from fedjax_med.training.evaluation import evaluate, make_predict_fn
 from fedjax_med.training.plotting import plot_client_metrics
@@ -188,13 +198,32 @@ def train_and_evaluate(
   The two differ only for the baselines (one pooled or single-site training
   client, every site's test split); for federated runs they are the same.
   """
-  algorithm = build_algorithm(config, model, train_data)
-  init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  sample_x = jnp.asarray(train_data.train.x[0, :1])
-  state = algorithm.init(init_key, model.init(init_key, sample_x))
   os.makedirs(workdir, exist_ok=True)
-
   checkpointer = Checkpointer(workdir)
+  try:
+    return _train_with_checkpointer(
+      config,
+      train_data,
+      eval_data,
+      workdir,
+      checkpointer,
+      model=model,
+      resume=resume,
+    )
+  finally:
+    checkpointer.close()
+
+
+def _train_with_checkpointer(
+  config: ml_collections.ConfigDict,
+  train_data: FederatedData,
+  eval_data: FederatedData,
+  workdir: str,
+  checkpointer: Checkpointer,
+  *,
+  model,
+  resume: bool,
+) -> dict:
   start = 0
   latest = checkpointer.latest_round()
   if latest is not None and not resume:
@@ -203,20 +232,38 @@ def train_and_evaluate(
       f"{latest}; pass --resume to continue that run or choose a new "
       "--workdir."
     )
+  if latest is not None and latest > config.num_rounds:
+    raise ValueError(
+      f"the checkpoint in {workdir!r} is at round {latest}, beyond "
+      f"num_rounds={config.num_rounds}; raise num_rounds to continue."
+    )
+  privacy = _setup_privacy(config, train_data, checkpointer, latest)
+  if privacy is not None:
+    config = privacy.config
+
+  algorithm = build_algorithm(config, model, train_data)
+  init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  sample_x = jnp.asarray(train_data.train.x[0, :1])
+  state = algorithm.init(init_key, model.init(init_key, sample_x))
   if latest is not None:
-    if latest > config.num_rounds:
-      raise ValueError(
-        f"the checkpoint in {workdir!r} is at round {latest}, beyond "
-        f"num_rounds={config.num_rounds}; raise num_rounds to continue."
-      )
     state, run_key = checkpointer.restore(latest, state, run_key)
     start = latest
     logging.info("Resumed from the checkpoint at round %d.", start)
+
+  def save(completed: int) -> None:
+    metadata = {}
+    if privacy is not None:
+      metadata["privacy"] = privacy.accountant.state_dict()
+    checkpointer.save(completed, state, run_key, metadata)
 
   device_data = jax.device_put(train_data)
   round_fn = jax.jit(algorithm.run_round)
   predict_fn = make_predict_fn(model)
   result = None
+  result_round = None
+  completed = start
+  saved_round = latest
+  stopped_at_budget = False
   progress = tqdm.trange(
     start,
     config.num_rounds,
@@ -225,12 +272,24 @@ def train_and_evaluate(
   )
   with MetricWriter(workdir) as writer:
     for round_index in progress:
+      if privacy is not None and privacy.budget is not None:
+        next_epsilon = privacy.accountant.epsilon(num_rounds=round_index + 1)
+        if next_epsilon > privacy.budget:
+          stopped_at_budget = True
+          logging.info(
+            "Stopping after %d rounds: round %d would bring epsilon to "
+            "%.4f, above target_epsilon=%g.",
+            completed,
+            round_index + 1,
+            next_epsilon,
+            privacy.budget,
+          )
+          break
       state, metrics = round_fn(
         state, device_data, jax.random.fold_in(run_key, round_index)
       )
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not math.isfinite(metrics["train_loss"]):
-        checkpointer.close()
         raise FloatingPointError(
           f"train_loss is {metrics['train_loss']} at round "
           f"{round_index + 1}; lower client.learning_rate (now "
@@ -239,6 +298,11 @@ def train_and_evaluate(
         )
       completed = round_index + 1
       scalars = {f"train/{k}": v for k, v in metrics.items()}
+      postfix = {"loss": f"{metrics['train_loss']:.4f}"}
+      if privacy is not None:
+        privacy.accountant.step()
+        scalars.update(privacy_budget.privacy_scalars(privacy))
+        postfix["epsilon"] = f"{scalars['privacy/epsilon']:.3f}"
 
       last = completed == config.num_rounds
       if completed % config.eval_every == 0 or last:
@@ -246,32 +310,33 @@ def train_and_evaluate(
         result = evaluate(
           predict_fn, variables, eval_data.test, eval_data.client_names
         )
+        result_round = completed
         scalars.update(_eval_scalars(result))
-        progress.set_postfix(
-          loss=f"{metrics['train_loss']:.4f}",
-          pooled_acc=f"{result['pooled']['accuracy']:.3f}",
-        )
+        postfix["pooled_acc"] = f"{result['pooled']['accuracy']:.3f}"
+      progress.set_postfix(postfix)
       writer.write_scalars(completed, scalars)
       if completed % config.checkpoint_every == 0 or last:
-        checkpointer.save(completed, state, run_key)
-  checkpointer.close()
+        save(completed)
+        saved_round = completed
+  if saved_round != completed:
+    save(completed)
 
-  if result is None:
+  if result_round != completed:
     variables = algorithm.global_variables(state)
     result = evaluate(
       predict_fn, variables, eval_data.test, eval_data.client_names
     )
   logging.info(
     "Global model after %d rounds:\n%s",
-    config.num_rounds,
+    completed,
     format_client_table(result),
   )
   write_plots(workdir, eval_data.client_names)
-  return {
+  final = {
     "algorithm": config.algorithm.name,
     "dataset": eval_data.name,
     "seed": config.seed,
-    "rounds": config.num_rounds,
+    "rounds": completed,
     "pooled_test_accuracy": result["pooled"]["accuracy"],
     "pooled": result["pooled"],
     "per_client": result["per_client"],
@@ -280,3 +345,27 @@ def train_and_evaluate(
     "worst_client": result["worst_client"],
     "config": config.to_dict(),
   }
+  if privacy is not None:
+    final.update(privacy_budget.privacy_summary(privacy, stopped_at_budget))
+  return final
+
+
+def _setup_privacy(
+  config: ml_collections.ConfigDict,
+  train_data: FederatedData,
+  checkpointer: Checkpointer,
+  latest: int | None,
+) -> privacy_budget.PrivacySetup | None:
+  """Builds the accountant, restoring it from the checkpoint at `latest`."""
+  if privacy_budget.privacy_mode(config) == "none":
+    return None
+  restored_state = None
+  if latest is not None:
+    restored_state = checkpointer.restore_metadata(latest).get("privacy")
+    if restored_state is None:
+      raise ValueError(
+        f"the checkpoint at round {latest} in {checkpointer.directory} has "
+        "no privacy accountant state, so the privacy already spent is "
+        "unknown; resume it with privacy.mode='none' or start a new run."
+      )
+  return privacy_budget.setup_privacy(config, train_data, restored_state)
