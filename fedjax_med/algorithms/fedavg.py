@@ -47,6 +47,7 @@ from fedjax_med.core.engine import ClientOutput, map_cohort
 from fedjax_med.core.sampling import make_sampler
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.models.base import Model
+from fedjax_med.privacy import dp_sgd
 
 PyTree = Any
 Schedule = Callable[[jax.Array], jax.Array]
@@ -111,6 +112,8 @@ class ClientConfig(NamedTuple):
     optimizer: "sgd", "momentum" or "adam".
     momentum: Momentum for optimizer="momentum".
     loss_fn: Per-example loss `(logits, labels) -> [batch]`.
+    dp_sgd: Example-level differential privacy (DP-SGD) in every local
+      step, or None to train without it.
   """
 
   learning_rate: float | Schedule = 0.1
@@ -119,6 +122,7 @@ class ClientConfig(NamedTuple):
   optimizer: str = "sgd"
   momentum: float = 0.9
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy
+  dp_sgd: dp_sgd.DPSGDConfig | None = None
 
 
 class CohortConfig(NamedTuple):
@@ -219,6 +223,11 @@ def build_fedavg_family(
       f"weighting={cohort.weighting!r} is unknown; use one of {WEIGHTINGS}."
     )
   client_schedule = as_schedule(client.learning_rate, "client learning_rate")
+  batch_gradient = None
+  if client.dp_sgd is not None:
+    batch_gradient = dp_sgd.make_batch_gradient(
+      client.dp_sgd, client.batch_size
+    )
   sampler = make_sampler(
     cohort.sampling,
     num_clients,
@@ -276,6 +285,7 @@ def build_fedavg_family(
         batch_size=client.batch_size,
         regularizer=regularizer,
         loss_fn=client.loss_fn,
+        batch_gradient=batch_gradient,
       )
 
       new_client_state, contribution = (), ()
@@ -390,9 +400,14 @@ def fedavg(
   client: ClientConfig,
   cohort: CohortConfig,
   server_learning_rate: float | Schedule = 1.0,
+  aggregator: Aggregator | None = None,
   dataset_name: str = "the dataset",
 ) -> FederatedAlgorithm:
-  """FedAvg: server step `w <- w + server_learning_rate * mean delta`."""
+  """FedAvg: server step `w <- w + server_learning_rate * mean delta`.
+
+  `aggregator` replaces the weighted mean (for example with the DP-FedAvg
+  aggregator of `fedjax_med.privacy.dp_aggregation`).
+  """
   schedule = as_schedule(server_learning_rate, "server learning_rate")
   return build_fedavg_family(
     model,
@@ -400,5 +415,6 @@ def fedavg(
     client=client,
     cohort=cohort,
     server_optimizer=optax.sgd(schedule),
+    aggregator=aggregator,
     dataset_name=dataset_name,
   )

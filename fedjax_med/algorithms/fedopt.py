@@ -31,6 +31,7 @@ from fedjax_med.algorithms.fedavg import (
   as_schedule,
   build_fedavg_family,
 )
+from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.models.base import Model
 
@@ -84,9 +85,13 @@ def fedopt(
   b1: float = 0.9,
   b2: float = 0.99,
   tau: float = 1e-3,
+  aggregator: Aggregator | None = None,
   dataset_name: str = "the dataset",
 ) -> FederatedAlgorithm:
-  """FedAvg local training with an optax server optimizer."""
+  """FedAvg local training with an optax server optimizer.
+
+  `aggregator` replaces the weighted mean of the deltas.
+  """
   optimizer = server_optimizer(
     server_optimizer_name,
     server_learning_rate,
@@ -101,5 +106,6 @@ def fedopt(
     client=client,
     cohort=cohort,
     server_optimizer=optimizer,
+    aggregator=aggregator,
     dataset_name=dataset_name,
   )

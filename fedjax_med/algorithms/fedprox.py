@@ -27,6 +27,7 @@ from fedjax_med.algorithms.fedavg import (
   as_schedule,
   build_fedavg_family,
 )
+from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.models.base import Model
 
@@ -56,9 +57,13 @@ def fedprox(
   client: ClientConfig,
   cohort: CohortConfig,
   server_learning_rate: float | Schedule = 1.0,
+  aggregator: Aggregator | None = None,
   dataset_name: str = "the dataset",
 ) -> FederatedAlgorithm:
-  """FedProx with proximal weight `mu` (mu = 0 is FedAvg)."""
+  """FedProx with proximal weight `mu` (mu = 0 is FedAvg).
+
+  `aggregator` replaces the weighted mean of the deltas.
+  """
   if mu < 0:
     raise ValueError(f"fedprox mu={mu} must be non-negative.")
   schedule = as_schedule(server_learning_rate, "server learning_rate")
@@ -69,5 +74,6 @@ def fedprox(
     cohort=cohort,
     server_optimizer=optax.sgd(schedule),
     hooks=ClientHooks(regularizer=proximal_regularizer(mu)),
+    aggregator=aggregator,
     dataset_name=dataset_name,
   )

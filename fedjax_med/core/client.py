@@ -11,6 +11,11 @@ loss and gradient are zero.
 Algorithms change local training through one hook, `regularizer(params)`,
 a scalar added to every step's loss: FedProx adds a proximal term and
 SCAFFOLD a linear term whose gradient is its control-variate correction.
+
+A second hook, `batch_gradient`, replaces how a step draws its batch and
+computes the data gradient; DP-SGD (`fedjax_med.privacy.dp_sgd`) uses it to
+sample its own batches and clip and noise per-example gradients. Without it
+local training takes the path described above.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ from fedjax_med import losses
 from fedjax_med.models.base import Model
 
 PyTree = Any
+# `(params, x [*feature_shape], y [], rng) -> scalar`: one example's loss.
+ExampleLoss = Callable[[PyTree, jax.Array, jax.Array, jax.Array], jax.Array]
+# `(example_loss, params, batch, step_key) -> (data_gradient, data_loss)`.
+BatchGradient = Callable[
+  [ExampleLoss, PyTree, "ClientBatch", jax.Array], tuple[PyTree, jax.Array]
+]
 
 
 class ClientBatch(NamedTuple):
@@ -105,6 +116,7 @@ def local_train(
   batch_size: int,
   regularizer: Callable[[PyTree], jax.Array] | None = None,
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy,
+  batch_gradient: BatchGradient | None = None,
 ) -> LocalResult:
   """Runs `num_steps` optimizer steps on one client's data.
 
@@ -120,9 +132,18 @@ def local_train(
       step's loss.
     loss_fn: Per-example loss `(logits [batch, outputs], labels [batch]) ->
       [batch]`; cross-entropy by default.
+    batch_gradient: Optional replacement for batch sampling and the data
+      gradient of each step, used by DP-SGD. It receives one example's
+      loss, the parameters, the client's padded rows and the step's key.
+      The regularizer's gradient is added to its result, and `batch_size`
+      is then unused here.
 
   Returns:
     The trained parameters, model state and mean data loss.
+
+  Raises:
+    ValueError: If `batch_gradient` is given for a model with non-trainable
+      state.
   """
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k != "params"}
@@ -130,6 +151,19 @@ def local_train(
   chex.assert_equal_shape_prefix([batch.x, batch.y], 1)
   max_examples = batch.x.shape[0]
   batch_key, dropout_key = jax.random.split(key)
+  if batch_gradient is not None:
+    return _train_with_batch_gradient(
+      model,
+      params,
+      model_state,
+      batch,
+      batch_key,
+      optimizer=optimizer,
+      num_steps=num_steps,
+      regularizer=regularizer,
+      loss_fn=loss_fn,
+      batch_gradient=batch_gradient,
+    )
 
   def objective(params, model_state, x, y, mask, rng):
     logits, new_state = model.apply(
@@ -165,4 +199,46 @@ def local_train(
   (params, model_state, _), step_losses = jax.lax.scan(
     step, carry, jnp.arange(num_steps)
   )
+  return LocalResult(params, model_state, jnp.mean(step_losses))
+
+
+def _train_with_batch_gradient(
+  model: Model,
+  params: PyTree,
+  model_state: PyTree,
+  batch: ClientBatch,
+  key: jax.Array,
+  *,
+  optimizer: optax.GradientTransformation,
+  num_steps: int,
+  regularizer: Callable[[PyTree], jax.Array] | None,
+  loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+  batch_gradient: BatchGradient,
+) -> LocalResult:
+  """Local training whose data gradient comes from `batch_gradient`."""
+  if model_state:
+    raise ValueError(
+      f"the model has non-trainable state {sorted(model_state)}, which "
+      "per-example gradients cannot privatize (normalization statistics "
+      "mix examples and are released unnoised); use a model without "
+      "batch normalization, e.g. with GroupNorm or LayerNorm."
+    )
+
+  def example_loss(params, x, y, rng):
+    logits, _ = model.apply({"params": params}, x[None], train=True, rng=rng)
+    return loss_fn(logits, y[None])[0]
+
+  def step(carry, step_index):
+    params, opt_state = carry
+    grads, data_loss = batch_gradient(
+      example_loss, params, batch, jax.random.fold_in(key, step_index)
+    )
+    if regularizer is not None:
+      grads = jax.tree.map(jnp.add, grads, jax.grad(regularizer)(params))
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state), data_loss
+
+  carry = (params, optimizer.init(params))
+  (params, _), step_losses = jax.lax.scan(step, carry, jnp.arange(num_steps))
   return LocalResult(params, model_state, jnp.mean(step_losses))
