@@ -72,7 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.mode = "none"
   config.privacy.clip_norm = 1.0
   config.privacy.noise_multiplier = 1.0
-  config.privacy.target_epsilon = 0.0  # > 0 calibrates noise_multiplier.
+  # With target_epsilon > 0, training stops before the round that would
+  # exceed it, and calibrate_noise picks the smallest noise_multiplier that
+  # reaches num_rounds within it.
+  config.privacy.target_epsilon = 0.0
+  config.privacy.calibrate_noise = True
   config.privacy.delta = 1e-5
   config.privacy.accountant = "rdp"  # "rdp" or "pld".
   config.privacy.adjacency = "add_remove"  # Or "replace_one".
@@ -82,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.clip_learning_rate = 0.2
   config.privacy.clipped_count_stddev = 0.0  # 0 picks a default.
   config.privacy.batch_sampling = "poisson"  # DP-SGD: or "fixed_size".
+  config.privacy.poisson_batch_capacity = 0  # DP-SGD: 0 means no cap.
   config.privacy.secure_aggregation = False
   config.privacy.secagg_bits = 32  # Ring modulus 2**bits.
   config.privacy.secagg_threshold = 0  # 0 picks a majority threshold.

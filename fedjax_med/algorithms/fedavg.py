@@ -311,6 +311,8 @@ def build_fedavg_family(
         weight,
         state.aggregator_state,
         jax.random.fold_in(client_key, 2),
+        client_id=client_id,
+        cohort=cohort_sample,
       )
       summed = {
         "weighted_delta": otu.tree_scale(agg_weight, delta),

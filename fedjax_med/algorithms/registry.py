@@ -40,7 +40,7 @@ from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.models.base import Model
-from fedjax_med.privacy import dp_aggregation, dp_sgd
+from fedjax_med.privacy import dp_aggregation, dp_sgd, secure_aggregation
 
 # Server optimizer behind each FedOpt-style name.
 _FEDOPT_SERVER = {
@@ -146,7 +146,8 @@ def privacy_pieces(
     raise ValueError(
       f"privacy.mode={mode!r} is unknown; use one of {PRIVACY_MODES}."
     )
-  if mode == "none":
+  use_secagg = privacy is not None and privacy.get("secure_aggregation", False)
+  if mode == "none" and not use_secagg:
     return None, None
 
   clip_norm = privacy.get("clip_norm", 1.0)
@@ -168,6 +169,11 @@ def privacy_pieces(
       "pass e.g. --config.privacy.noise_multiplier=1.0, or set "
       "privacy.target_epsilon to calibrate it."
     )
+  if use_secagg:
+    _check_secure_aggregation(config, cohort)
+  if mode == "none":
+    return _secure_aggregator(config, data, cohort, noise_multiplier=0.0), None
+
   state_names = _model_state_names(model, data)
   if state_names:
     raise ValueError(
@@ -184,7 +190,12 @@ def privacy_pieces(
         "privacy.mode='client' only; set it to False for DP-SGD."
       )
     capacity = privacy.get("poisson_batch_capacity", 0) or None
-    return None, dp_sgd.DPSGDConfig(
+    aggregator = None
+    if use_secagg:
+      aggregator = _secure_aggregator(
+        config, data, cohort, noise_multiplier=0.0
+      )
+    return aggregator, dp_sgd.DPSGDConfig(
       clip_norm=float(clip_norm),
       noise_multiplier=float(noise_multiplier),
       batch_sampling=privacy.get("batch_sampling", "poisson"),
@@ -205,6 +216,19 @@ def privacy_pieces(
       "--config.cohort.weighting=uniform with privacy.mode='client'."
     )
   _warn_if_poisson_truncates(cohort, data.num_clients)
+  if use_secagg:
+    if adaptive:
+      raise ValueError(
+        "privacy.adaptive_clipping=True is not supported with "
+        "privacy.secure_aggregation=True (the clip norm update would need "
+        "its own secure sum); set one of them to False."
+      )
+    # Distributed DP: every client adds its share of the noise before
+    # masking, so the server never sees an un-noised sum.
+    aggregator = _secure_aggregator(
+      config, data, cohort, noise_multiplier=float(noise_multiplier)
+    )
+    return aggregator, None
   expected_size = dp_aggregation.expected_cohort_size(
     cohort.sampling,
     data.num_clients,
@@ -225,6 +249,43 @@ def privacy_pieces(
     adaptive=adaptive_config,
   )
   return aggregator, None
+
+
+def _check_secure_aggregation(config, cohort) -> None:
+  if cohort.weighting != "uniform":
+    raise ValueError(
+      f"cohort.weighting={cohort.weighting!r} with "
+      "privacy.secure_aggregation=True: the secure sum gives every client "
+      "weight 1; pass --config.cohort.weighting=uniform."
+    )
+  if config.algorithm.name == "scaffold":
+    raise ValueError(
+      "privacy.secure_aggregation=True does not support "
+      "algorithm.name='scaffold': its control variates would reach the "
+      "server outside the secure sum."
+    )
+
+
+def _secure_aggregator(config, data, cohort, *, noise_multiplier: float):
+  """Builds the secure aggregator (X25519 key exchange runs here)."""
+  privacy = config.privacy
+  expected_size = dp_aggregation.expected_cohort_size(
+    cohort.sampling,
+    data.num_clients,
+    cohort.clients_per_round,
+    cohort.poisson_rate,
+  )
+  return secure_aggregation.secure_aggregator(
+    data.num_clients,
+    cohort.clients_per_round,
+    expected_size,
+    clip_norm=float(privacy.get("clip_norm", 1.0)),
+    ring_bits=int(privacy.get("secagg_bits", 32)),
+    threshold=privacy.get("secagg_threshold", 0) or None,
+    dropout_rate=float(privacy.get("secagg_dropout_rate", 0.0)),
+    noise_multiplier=noise_multiplier,
+    dropout_seed=int(config.seed),
+  )
 
 
 def build_algorithm(

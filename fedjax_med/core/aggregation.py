@@ -52,8 +52,11 @@ class Aggregator(NamedTuple):
 
   Attributes:
     init: `params -> state`.
-    postprocess: `(delta, weight, state, key) -> (delta, weight, extra)`,
-      run for each client; `extra` is a pytree summed over the cohort.
+    postprocess: `(delta, weight, state, key, *, client_id, cohort) ->
+      (delta, weight, extra)`, run for each client; `extra` is a pytree
+      summed over the cohort. `client_id` is the client's scalar id and
+      `cohort` the round's `Cohort` (secure aggregation masks each input
+      against the rest of the cohort).
     finalize: `(weighted_delta_sum, weight_sum, extra_sum, cohort_size,
       state, key) -> Finalized`, run once per round. `weighted_delta_sum`
       is `sum_k weight_k * delta_k` over the cohort's clients.
@@ -71,8 +74,8 @@ def weighted_mean() -> Aggregator:
     del params
     return ()
 
-  def postprocess(delta, weight, state, key):
-    del state, key
+  def postprocess(delta, weight, state, key, *, client_id, cohort):
+    del state, key, client_id, cohort
     return delta, weight, ()
 
   def finalize(weighted_sum, weight_sum, extra_sum, cohort_size, state, key):

@@ -223,8 +223,9 @@ def dp_fedavg_aggregator(
     del params
     return DPAggregatorState(jnp.asarray(clip_norm, jnp.float32))
 
-  def postprocess(delta, weight, state, key):
-    del weight, key  # Every client counts once; clipping is deterministic.
+  def postprocess(delta, weight, state, key, *, client_id, cohort):
+    # Every client counts once, and clipping is deterministic.
+    del weight, key, client_id, cohort
     clipped, norm = clipping.clip_by_global_norm(delta, state.clip_norm)
     unclipped = (norm <= state.clip_norm).astype(jnp.float32)
     extra = {"unclipped_centered": unclipped - 0.5, "clipped": 1.0 - unclipped}

@@ -284,7 +284,7 @@ def secure_aggregator(
     del params
     return SecureAggregationState(round=jnp.zeros((), jnp.int32))
 
-  def postprocess(delta, weight, state, key, *, client_id=None, cohort=None):
+  def postprocess(delta, weight, state, key, *, client_id, cohort):
     del weight  # Every client counts once.
     if client_id is None or not isinstance(cohort, Cohort):
       raise ValueError(

@@ -174,7 +174,13 @@ def setup_privacy(
   target = float(privacy_option(config, "target_epsilon", 0.0))
   delta = float(privacy_option(config, "delta", 1e-5))
   calibrate = target > 0 and privacy_option(config, "calibrate_noise", True)
-  noise_multiplier = float(privacy_option(config, "noise_multiplier", 1.0))
+  # The accountant works with the noise multiplier of the released sum,
+  # which distributed noise under dropouts can lower (see
+  # `distributed_noise_factor`); the config holds the mechanism's.
+  factor = distributed_noise_factor(config, data)
+  noise_multiplier = factor * float(
+    privacy_option(config, "noise_multiplier", 1.0)
+  )
 
   if restored_state is not None:
     accountant = _restore_accountant(
@@ -210,8 +216,49 @@ def setup_privacy(
 
   config = copy.deepcopy(config)
   with config.unlocked():
-    config.privacy.noise_multiplier = noise_multiplier
+    config.privacy.noise_multiplier = noise_multiplier / factor
   return PrivacySetup(config, accountant, budget)
+
+
+def distributed_noise_factor(
+  config: ml_collections.ConfigDict, data: FederatedData
+) -> float:
+  """Lower bound on released noise over configured noise under dropouts.
+
+  With secure aggregation and client-level DP, each client adds a share of
+  the noise sized for the expected number of survivors E. A round whose sum
+  is released has at least the Shamir threshold t survivors (fewer abort),
+  so its noise multiplier is at least `z * sqrt(t / E)`. The accountant
+  uses that bound; without simulated dropouts the factor is 1.
+
+  Raises:
+    ValueError: If dropouts are simulated under Poisson cohorts without an
+      explicit `privacy.secagg_threshold`.
+  """
+  dropout_rate = float(privacy_option(config, "secagg_dropout_rate", 0.0))
+  if (
+    privacy_mode(config) != "client"
+    or not privacy_option(config, "secure_aggregation", False)
+    or dropout_rate <= 0
+  ):
+    return 1.0
+  cohort = config.cohort
+  if cohort.sampling == "poisson":
+    expected = cohort.poisson_rate * data.num_clients
+  else:
+    expected = cohort.clients_per_round
+  threshold = privacy_option(config, "secagg_threshold", 0)
+  if not threshold:
+    if cohort.sampling == "poisson":
+      raise ValueError(
+        "privacy.secagg_dropout_rate > 0 with Poisson cohorts needs an "
+        "explicit privacy.secagg_threshold, the fewest survivors whose "
+        "noise the accountant may count on; set it, e.g. to half the "
+        "expected cohort."
+      )
+    threshold = cohort.clients_per_round // 2 + 1  # Majority of the cohort.
+  expected_survivors = expected * (1.0 - dropout_rate)
+  return min(1.0, (threshold / expected_survivors) ** 0.5)
 
 
 def _common_noise_multiplier(accountant: PrivacyAccountant) -> float:

@@ -421,8 +421,8 @@ def test_custom_aggregator_sees_postprocessed_deltas():
   # divides by a fixed public denominator instead of the realised weight.
   from fedjax_med.core import aggregation
 
-  def postprocess(delta, weight, state, key):
-    del key
+  def postprocess(delta, weight, state, key, *, client_id, cohort):
+    del key, client_id, cohort
     return otu.tree_scale(0.5, delta), jnp.ones(()), {"seen": jnp.ones(())}
 
   def finalize(weighted_sum, weight_sum, extra_sum, cohort_size, state, key):

@@ -178,9 +178,14 @@ def test_adaptive_clip_converges_to_quantile(quantile):
 
   @jax.jit
   def one_round(state, key):
-    clipped, weight, extra = jax.vmap(
-      aggregator.postprocess, in_axes=(0, 0, None, None)
-    )(deltas, jnp.ones(100), state, key)
+    def postprocess(delta, weight, client_id):
+      return aggregator.postprocess(
+        delta, weight, state, key, client_id=client_id, cohort=None
+      )
+
+    clipped, weight, extra = jax.vmap(postprocess)(
+      deltas, jnp.ones(100), jnp.arange(100)
+    )
     total = jax.tree.map(lambda x: jnp.sum(x, axis=0), clipped)
     extra_sum = jax.tree.map(lambda x: jnp.sum(x, axis=0), extra)
     finalized = aggregator.finalize(

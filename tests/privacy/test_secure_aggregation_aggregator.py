@@ -310,5 +310,10 @@ def test_postprocess_without_client_id_raises():
   aggregator = secure_aggregator(NUM_CLIENTS, 4, 4, clip_norm=1.0, seeds=SEEDS)
   with pytest.raises(ValueError, match="client_id"):
     aggregator.postprocess(
-      {"w": jnp.zeros(3)}, jnp.ones(()), aggregator.init(None), KEY
+      {"w": jnp.zeros(3)},
+      jnp.ones(()),
+      aggregator.init(None),
+      KEY,
+      client_id=None,
+      cohort=None,
     )
