@@ -42,7 +42,7 @@ from fedjax_med.core import aggregation
 from fedjax_med.core import tree as tree_lib
 from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
-from fedjax_med.core.client import ClientBatch, local_train
+from fedjax_med.core.client import BatchGradient, ClientBatch, local_train
 from fedjax_med.core.engine import ClientOutput, map_cohort
 from fedjax_med.core.sampling import make_sampler
 from fedjax_med.data.federated_data import FederatedData
@@ -93,6 +93,9 @@ class ClientHooks(NamedTuple):
       num_steps, learning_rate) -> (new_client_state, summed_contribution)`;
       the contribution is summed over the cohort without weights.
     update_extra: `(extra, summed_contribution, num_clients) -> extra`.
+    batch_gradient: Replaces each local step's batch sampling and data
+      gradient (see `local_train`); FEDTAIL's sharpness-aware step uses it.
+      It cannot be combined with DP-SGD, which replaces the same piece.
   """
 
   init_client_states: Callable[[PyTree, int], PyTree] | None = None
@@ -100,6 +103,7 @@ class ClientHooks(NamedTuple):
   regularizer: Callable[..., Callable[[PyTree], jax.Array]] | None = None
   update_client_state: Callable[..., tuple[PyTree, PyTree]] | None = None
   update_extra: Callable[[PyTree, PyTree, int], PyTree] | None = None
+  batch_gradient: BatchGradient | None = None
 
 
 class ClientConfig(NamedTuple):
@@ -223,8 +227,14 @@ def build_fedavg_family(
       f"weighting={cohort.weighting!r} is unknown; use one of {WEIGHTINGS}."
     )
   client_schedule = as_schedule(client.learning_rate, "client learning_rate")
-  batch_gradient = None
+  batch_gradient = hooks.batch_gradient
   if client.dp_sgd is not None:
+    if batch_gradient is not None:
+      raise ValueError(
+        "DP-SGD and this algorithm's own local gradient step both replace "
+        "the batch gradient of local training; use privacy.mode='client' "
+        "or 'none' with this algorithm."
+      )
     batch_gradient = dp_sgd.make_batch_gradient(
       client.dp_sgd, client.batch_size
     )

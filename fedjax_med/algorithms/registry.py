@@ -18,6 +18,17 @@ section trains without it):
     rejected because its control variates would be released without noise.
   * "example": DP-SGD inside every client, for every algorithm.
 
+`client.loss` names the local training loss (default "cross_entropy"; see
+`fedjax_med.losses.registry` for the others), and `client.loss_options.<loss>`
+contains its options, e.g. `--config.client.loss=focal
+--config.client.loss_options.focal.gamma=1.0`. Losses that need class
+frequencies get the global training counts per class, summed from the
+clients' label histograms (`fedjax_med.losses.global_class_counts`). Under the
+"pooled" and "local" baselines these are the counts of the data they train on.
+
+`algorithm.name="fedtail"` reads `algorithm.rho`, `algorithm.matching_weight`
+and `algorithm.tail_fraction` (defaults in `fedtail.FedTailConfig`).
+
 `privacy.noise_multiplier` is used as given; a caller that calibrates it from
 `privacy.target_epsilon` must write the calibrated value into the config
 before calling `build_algorithm`. Besides the fields of the default config,
@@ -35,10 +46,12 @@ import optax
 from absl import logging
 
 from fedjax_med.algorithms import fedavg as fedavg_lib
-from fedjax_med.algorithms import fedopt, fedprox, scaffold
+from fedjax_med.algorithms import fedopt, fedprox, fedtail, scaffold
 from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.data.federated_data import FederatedData
+from fedjax_med.losses import global_class_counts, make_loss
+from fedjax_med.losses.long_tail import LossFn
 from fedjax_med.models.base import Model
 from fedjax_med.privacy import dp_aggregation, dp_sgd, secure_aggregation
 
@@ -49,7 +62,7 @@ _FEDOPT_SERVER = {
   "fedadam": "adam",
   "fedyogi": "yogi",
 }
-ALGORITHM_NAMES = ("fedavg", "fedprox", "scaffold", *_FEDOPT_SERVER)
+ALGORITHM_NAMES = ("fedavg", "fedprox", "scaffold", "fedtail", *_FEDOPT_SERVER)
 SCHEDULES = ("constant", "exponential_decay", "cosine")
 PRIVACY_MODES = ("none", "client", "example")
 
@@ -77,6 +90,39 @@ def make_schedule(
     return optax.cosine_decay_schedule(learning_rate, max(num_rounds, 1))
   raise ValueError(
     f"{name}.schedule={kind!r} is unknown; use one of {SCHEDULES}."
+  )
+
+
+def make_client_loss(
+  config: ml_collections.ConfigDict, data: FederatedData
+) -> LossFn:
+  """Builds the per-example loss named by `config.client.loss`.
+
+  A config without `client.loss` trains with cross-entropy. Options come
+  from `client.loss_options.<loss name>` when that section exists.
+
+  Raises:
+    ValueError: For an unknown loss or option, or an invalid option value.
+  """
+  name = config.client.get("loss", "cross_entropy")
+  sections = config.client.get("loss_options", None)
+  options = {}
+  if sections is not None and name in sections:
+    options = dict(sections[name])
+  counts = global_class_counts(data.train, data.num_classes)
+  return make_loss(name, counts, **options)
+
+
+def fedtail_config(config: ml_collections.ConfigDict) -> fedtail.FedTailConfig:
+  """Reads FEDTAIL's settings from `config.algorithm`, with defaults."""
+  defaults = fedtail.FedTailConfig()
+  section = config.algorithm
+  return fedtail.FedTailConfig(
+    rho=float(section.get("rho", defaults.rho)),
+    matching_weight=float(
+      section.get("matching_weight", defaults.matching_weight)
+    ),
+    tail_fraction=float(section.get("tail_fraction", defaults.tail_fraction)),
   )
 
 
@@ -319,6 +365,7 @@ def build_algorithm(
     batch_size=config.client.batch_size,
     optimizer=config.client.optimizer,
     momentum=config.client.get("momentum", 0.9),
+    loss_fn=make_client_loss(config, data),
     dp_sgd=dp_sgd_config,
   )
   server_lr = make_schedule(config.server, config.num_rounds, "server")
@@ -337,6 +384,16 @@ def build_algorithm(
       model,
       data.num_clients,
       mu=config.algorithm.mu,
+      server_learning_rate=server_lr,
+      aggregator=aggregator,
+      **common,
+    )
+  if name == "fedtail":
+    return fedtail.fedtail(
+      model,
+      data.num_clients,
+      class_counts=global_class_counts(data.train, data.num_classes),
+      config=fedtail_config(config),
       server_learning_rate=server_lr,
       aggregator=aggregator,
       **common,
