@@ -10,6 +10,10 @@
   num_clients, alpha, min_partition_size, test_fraction and seed. The "iid"
   partition ignores alpha and min_partition_size. breast_cancer also takes
   standardize, and digits takes as_images.
+- "digits_long_tail": digits made long-tailed per class, then split with
+  Dirichlet label skew (`fedjax_med.data.long_tail`). Options: profile
+  ("exponential" or "zipf"), imbalance_ratio, num_clients, alpha,
+  min_partition_size, test_fraction, seed, as_images.
 - "tfds": a dataset written by `write_tfds`. Options: data_dir, tfds_name.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import inspect
 import pathlib
 
+from fedjax_med.data import long_tail
 from fedjax_med.data import partition as partition_lib
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.data.heart_disease import load_fed_heart_disease
@@ -123,6 +128,39 @@ def _load_digits(
   )
 
 
+def _load_digits_long_tail(
+  *,
+  profile: str = "exponential",
+  imbalance_ratio: float = 10.0,
+  num_clients: int = 10,
+  alpha: float = 0.5,
+  min_partition_size: int = 10,
+  test_fraction: float = 0.2,
+  seed: int = 0,
+  as_images: bool = True,
+) -> FederatedData:
+  source = load_digits_arrays(as_images)
+  partitions = long_tail.long_tail_partition(
+    source.y,
+    num_clients=num_clients,
+    alpha=alpha,
+    imbalance_ratio=imbalance_ratio,
+    profile=profile,
+    seed=seed,
+    min_partition_size=min_partition_size,
+  )
+  return partition_lib.federate(
+    source.x,
+    source.y,
+    partitions,
+    num_classes=source.num_classes,
+    test_fraction=test_fraction,
+    seed=seed,
+    feature_names=source.feature_names,
+    name="digits_long_tail",
+  )
+
+
 def _load_tfds(
   *, data_dir: str | pathlib.Path, tfds_name: str | None = None
 ) -> FederatedData:
@@ -134,6 +172,7 @@ _LOADERS = {
   "breast_cancer": _load_breast_cancer,
   "digits": _load_digits,
   "tfds": _load_tfds,
+  "digits_long_tail": _load_digits_long_tail,
 }
 DATASET_NAMES = tuple(_LOADERS)
 
@@ -148,6 +187,9 @@ def load_dataset(name: str, **options) -> FederatedData:
       partition="dirichlet", num_clients=10, alpha=0.5,
       min_partition_size=10, test_fraction=0.2, seed=0, standardize=True
       (breast_cancer) and as_images=True (digits, `[8, 8, 1]` images).
+      digits_long_tail defaults to profile="exponential",
+      imbalance_ratio=10, num_clients=10, alpha=0.5,
+      min_partition_size=10, test_fraction=0.2, seed=0, as_images=True.
 
   Returns:
     The `FederatedData`.

@@ -13,6 +13,7 @@ def test_names():
     "breast_cancer",
     "digits",
     "tfds",
+    "digits_long_tail",
   )
 
 
