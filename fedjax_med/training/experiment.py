@@ -6,7 +6,10 @@ config, builds the algorithm, jit-compiles its round once, and runs
 model on each client's test split and on the pooled test set. Metrics go to
 `<workdir>/metrics.jsonl` and TensorBoard; checkpoints to
 `<workdir>/checkpoints`; at the end it writes `<workdir>/final_metrics.json`
-and a PNG plot per metric.
+and a PNG plot per metric. For tasks with more than two classes the
+evaluation adds the long-tail metrics of `fedjax_med.metrics.long_tail`
+(balanced accuracy, macro F1, recall per class and on the tail classes, per
+site and pooled) under "long_tail". `long_tail_classes` fixes the tail.
 
 Randomness: one key per run from `config.seed`, split into an init key and a
 run key; round `r` uses `fold_in(run_key, r)`, so a resumed run draws the same
@@ -40,7 +43,12 @@ from absl import logging
 from fedjax_med.algorithms.registry import build_algorithm
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.data.registry import load_dataset
+from fedjax_med.losses.class_statistics import (
+  global_class_counts,
+  tail_classes,
+)
 from fedjax_med.metrics.classification import format_client_table
+from fedjax_med.metrics.long_tail import format_long_tail_table
 from fedjax_med.models.registry import get_model
 from fedjax_med.training import baselines, privacy_budget
 from fedjax_med.training.checkpoint import Checkpointer
@@ -102,8 +110,29 @@ def write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
+def long_tail_classes(
+  config: ml_collections.ConfigDict, data: FederatedData
+) -> list[int] | None:
+  """Returns the tail classes for the long-tail metrics, or None.
+
+  Tasks with more than two classes get them: the rarest classes that
+  together hold at most `config.long_tail.tail_fraction` (default 0.2) of
+  all sites' training examples.
+  """
+  if data.num_classes <= 2:
+    return None
+  section = config.get("long_tail", None)
+  fraction = 0.2 if section is None else section.get("tail_fraction", 0.2)
+  counts = global_class_counts(data.train, data.num_classes)
+  return tail_classes(counts, fraction).tolist()
+
+
 def _eval_scalars(result: dict) -> dict[str, float]:
   scalars = {}
+  if "long_tail" in result:
+    for metric in ("balanced_accuracy", "macro_f1", "tail_recall"):
+      value = result["long_tail"]["pooled"][metric]
+      scalars[f"eval/long_tail/pooled/{metric}"] = value
   for group in ("pooled", "client_mean", "example_weighted"):
     for metric, value in result[group].items():
       scalars[f"eval/{group}/{metric}"] = value
@@ -259,6 +288,7 @@ def _train_with_checkpointer(
   device_data = jax.device_put(train_data)
   round_fn = jax.jit(algorithm.run_round)
   predict_fn = make_predict_fn(model)
+  tail = long_tail_classes(config, eval_data)
   result = None
   result_round = None
   completed = start
@@ -308,7 +338,7 @@ def _train_with_checkpointer(
       if completed % config.eval_every == 0 or last:
         variables = algorithm.global_variables(state)
         result = evaluate(
-          predict_fn, variables, eval_data.test, eval_data.client_names
+          predict_fn, variables, eval_data.test, eval_data.client_names, tail
         )
         result_round = completed
         scalars.update(_eval_scalars(result))
@@ -324,13 +354,19 @@ def _train_with_checkpointer(
   if result_round != completed:
     variables = algorithm.global_variables(state)
     result = evaluate(
-      predict_fn, variables, eval_data.test, eval_data.client_names
+      predict_fn, variables, eval_data.test, eval_data.client_names, tail
     )
   logging.info(
     "Global model after %d rounds:\n%s",
     completed,
     format_client_table(result),
   )
+  if "long_tail" in result:
+    logging.info(
+      "Long-tail metrics after %d rounds:\n%s",
+      completed,
+      format_long_tail_table(result["long_tail"]),
+    )
   write_plots(workdir, eval_data.client_names)
   final = {
     "algorithm": config.algorithm.name,
@@ -345,6 +381,8 @@ def _train_with_checkpointer(
     "worst_client": result["worst_client"],
     "config": config.to_dict(),
   }
+  if "long_tail" in result:
+    final["long_tail"] = result["long_tail"]
   if privacy is not None:
     final.update(privacy_budget.privacy_summary(privacy, stopped_at_budget))
   return final
