@@ -165,6 +165,10 @@ def local_train(
       batch_gradient=batch_gradient,
     )
 
+  # A batch never holds more real rows than the client has, so slots past
+  # max_examples would always be padding: drop them from the static shape.
+  slots = min(batch_size, max_examples)
+
   def objective(params, model_state, x, y, mask, rng):
     logits, new_state = model.apply(
       {"params": params, **model_state}, x, train=True, rng=rng
@@ -178,7 +182,7 @@ def local_train(
   def step(carry, step_index):
     params, model_state, opt_state = carry
     indices, mask = batch_indices(
-      batch_key, step_index, batch.num_examples, max_examples, batch_size
+      batch_key, step_index, batch.num_examples, max_examples, slots
     )
     x = jnp.take(batch.x, indices, axis=0)
     y = jnp.take(batch.y, indices, axis=0)
