@@ -37,7 +37,16 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from fedjax_med import losses
+# The settings are re-exported: every FedAvg-family module imports them here.
+from fedjax_med.algorithms.settings import (
+  WEIGHTINGS,
+  ClientConfig,
+  CohortConfig,
+  Schedule,
+  as_schedule,
+  make_client_optimizer,
+  validate_client_config,
+)
 from fedjax_med.core import aggregation
 from fedjax_med.core import tree as tree_lib
 from fedjax_med.core.aggregation import Aggregator
@@ -50,10 +59,6 @@ from fedjax_med.models.base import Model
 from fedjax_med.privacy import dp_sgd
 
 PyTree = Any
-Schedule = Callable[[jax.Array], jax.Array]
-
-WEIGHTINGS = ("example", "uniform")
-CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 class ServerState(NamedTuple):
@@ -104,92 +109,6 @@ class ClientHooks(NamedTuple):
   update_client_state: Callable[..., tuple[PyTree, PyTree]] | None = None
   update_extra: Callable[[PyTree, PyTree, int], PyTree] | None = None
   batch_gradient: BatchGradient | None = None
-
-
-class ClientConfig(NamedTuple):
-  """Local training settings.
-
-  Attributes:
-    learning_rate: A float or an optax schedule over rounds.
-    num_local_steps: Optimizer steps per round.
-    batch_size: Examples per step.
-    optimizer: "sgd", "momentum" or "adam".
-    momentum: Momentum for optimizer="momentum".
-    loss_fn: Per-example loss `(logits, labels) -> [batch]`.
-    dp_sgd: Example-level differential privacy (DP-SGD) in every local
-      step, or None to train without it.
-  """
-
-  learning_rate: float | Schedule = 0.1
-  num_local_steps: int = 10
-  batch_size: int = 32
-  optimizer: str = "sgd"
-  momentum: float = 0.9
-  loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy
-  dp_sgd: dp_sgd.DPSGDConfig | None = None
-
-
-class CohortConfig(NamedTuple):
-  """Which clients train each round and how many are vmapped at once.
-
-  Attributes:
-    clients_per_round: Cohort size for "uniform"; slot capacity for
-      "poisson" (use the number of clients for exact Poisson sampling).
-    sampling: "uniform" (without replacement) or "poisson".
-    poisson_rate: Inclusion probability for "poisson".
-    clients_per_chunk: Clients vmapped together; None for the whole cohort.
-    weighting: "example" (by num_examples) or "uniform" (every client with
-      data counts once).
-  """
-
-  clients_per_round: int
-  sampling: str = "uniform"
-  poisson_rate: float | None = None
-  clients_per_chunk: int | None = None
-  weighting: str = "example"
-
-
-def as_schedule(learning_rate: float | Schedule, name: str) -> Schedule:
-  """Turns a float into a constant schedule, checking that it is positive."""
-  if callable(learning_rate):
-    return learning_rate
-  if not learning_rate > 0:
-    raise ValueError(
-      f"{name}={learning_rate} must be positive; set it to a step size "
-      "such as 0.1."
-    )
-  return optax.constant_schedule(float(learning_rate))
-
-
-def make_client_optimizer(
-  client: ClientConfig, learning_rate: jax.Array
-) -> optax.GradientTransformation:
-  """Builds the local optimizer with a (traced) learning rate."""
-  if client.optimizer == "sgd":
-    return optax.sgd(learning_rate)
-  if client.optimizer == "momentum":
-    return optax.sgd(learning_rate, momentum=client.momentum)
-  if client.optimizer == "adam":
-    return optax.adam(learning_rate)
-  raise ValueError(
-    f"client optimizer={client.optimizer!r} is unknown; use one of "
-    f"{CLIENT_OPTIMIZERS}."
-  )
-
-
-def validate_client_config(client: ClientConfig) -> None:
-  """Raises ValueError for settings that cannot train."""
-  if client.optimizer not in CLIENT_OPTIMIZERS:
-    raise ValueError(
-      f"client optimizer={client.optimizer!r} is unknown; use one of "
-      f"{CLIENT_OPTIMIZERS}."
-    )
-  if client.num_local_steps < 1:
-    raise ValueError(
-      f"num_local_steps={client.num_local_steps} must be at least 1."
-    )
-  if client.batch_size < 1:
-    raise ValueError(f"batch_size={client.batch_size} must be at least 1.")
 
 
 def build_fedavg_family(

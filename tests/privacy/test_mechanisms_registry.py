@@ -12,7 +12,7 @@ import pytest
 
 from configs import fed_heart_disease
 from fedjax_med.algorithms import fedavg as fedavg_lib
-from fedjax_med.algorithms import registry
+from fedjax_med.algorithms import privacy_wiring, registry
 from fedjax_med.core import aggregation
 from fedjax_med.models.base import from_flax
 from fedjax_med.privacy import dp_aggregation, dp_sgd
@@ -202,10 +202,10 @@ def test_example_mode_reaches_every_algorithm(name, monkeypatch):
 
 def test_poisson_overflow_probability_matches_binomial_tail():
   # P(Binomial(50, 0.1) > 10) = 0.0093546.
-  assert registry._binomial_tail(50, 0.1, 10) == pytest.approx(
+  assert privacy_wiring._binomial_tail(50, 0.1, 10) == pytest.approx(
     0.0093546, rel=1e-4
   )
-  assert registry._binomial_tail(10, 1.0, 5) == 1.0
+  assert privacy_wiring._binomial_tail(10, 1.0, 5) == 1.0
 
 
 def _read_train_records(workdir):
