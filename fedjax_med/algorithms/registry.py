@@ -20,7 +20,6 @@ clients' label histograms (`fedjax_med.losses.global_class_counts`). Under the
 
 `algorithm.name="fedtail"` reads `algorithm.rho`, `algorithm.matching_weight`
 and `algorithm.tail_fraction` (defaults in `fedtail.FedTailConfig`).
-
 """
 
 from __future__ import annotations
