@@ -143,13 +143,31 @@ def _eval_scalars(result: dict) -> dict[str, float]:
   return scalars
 
 
-def write_plots(workdir: str, client_names: tuple[str, ...]) -> list[str]:
-  """Plots each metric per site over rounds from `metrics.jsonl`."""
+# More lines than this make the per-site plots unreadable and slow to draw.
+MAX_PLOTTED_SITES = 12
+
+
+def write_plots(
+  workdir: str,
+  client_names: tuple[str, ...],
+  test_sizes: list[int] | None = None,
+) -> list[str]:
+  """Plots each metric per site over rounds from `metrics.jsonl`.
+
+  With more than `MAX_PLOTTED_SITES` clients, only the clients with the most
+  test examples are drawn (all of them remain in `metrics.jsonl`), next to
+  the pooled curve.
+  """
   records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  names = list(client_names)
+  if len(names) > MAX_PLOTTED_SITES:
+    sizes = test_sizes or [0] * len(names)
+    order = sorted(range(len(names)), key=lambda k: -sizes[k])
+    names = [names[k] for k in sorted(order[:MAX_PLOTTED_SITES])]
   paths = []
   for metric in PLOTTED_METRICS:
     path = os.path.join(workdir, f"{metric}_per_site.png")
-    plot_client_metrics(records, metric, path, client_names)
+    plot_client_metrics(records, metric, path, names)
     paths.append(path)
   return paths
 
@@ -367,7 +385,9 @@ def _train_with_checkpointer(
       completed,
       format_long_tail_table(result["long_tail"]),
     )
-  write_plots(workdir, eval_data.client_names)
+  write_plots(
+    workdir, eval_data.client_names, eval_data.test.num_examples.tolist()
+  )
   final = {
     "algorithm": config.algorithm.name,
     "dataset": eval_data.name,

@@ -166,3 +166,23 @@ def test_digits_cnn_config_runs(tmp_path):
   assert final["rounds"] == 2
   # Ten digit classes: chance is about 0.1, and two rounds already help.
   assert final["pooled_test_accuracy"] > 0.2
+
+
+def test_plots_draw_only_the_largest_sites(tmp_path, monkeypatch):
+  from fedjax_med.training import writers
+
+  names = tuple(f"site_{k}" for k in range(30))
+  with writers.MetricWriter(str(tmp_path)) as writer:
+    writer.write_scalars(1, {f"eval/{n}/accuracy": 0.5 for n in names})
+  drawn = []
+  monkeypatch.setattr(
+    experiment,
+    "plot_client_metrics",
+    lambda records, metric, path, client_names: drawn.append(client_names),
+  )
+  sizes = list(range(30))  # site_29 has the most test rows.
+  experiment.write_plots(str(tmp_path), names, sizes)
+  assert len(drawn) == len(experiment.PLOTTED_METRICS)
+  assert len(drawn[0]) == experiment.MAX_PLOTTED_SITES
+  assert "site_29" in drawn[0]
+  assert "site_0" not in drawn[0]
