@@ -33,23 +33,20 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import logging as pylogging
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import tempfile
 import time
 from typing import NamedTuple
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from fedjax_med.training import run_metadata
 from fedjax_med.training.config_files import load_config_file
 from fedjax_med.training.experiment import run_experiment, write_json
 
@@ -323,47 +320,11 @@ def format_notes(
   return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-  """Returns the CPU model from /proc/cpuinfo, or the platform's name."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def collect_metadata(command: str) -> dict:
   """Returns the command, library versions and machine of this run."""
-  return {
-    "command": command,
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"
-    ),
-    "versions": {
-      "python": platform.python_version(),
-      **{
-        package: importlib.metadata.version(package)
-        for package in (
-          "jax",
-          "jaxlib",
-          "flax",
-          "optax",
-          "numpy",
-          "scikit-learn",
-        )
-      },
-    },
-    "machine": {
-      "platform": platform.platform(),
-      "cpu_model": _cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "jax_backend": jax.default_backend(),
-      "jax_devices": [str(device) for device in jax.devices()],
-    },
-  }
+  return run_metadata.collect_metadata(
+    command, (*run_metadata.DEFAULT_PACKAGES, "scikit-learn")
+  )
 
 
 def _parse_seeds(flag_name: str, seeds: list[str]) -> list[int]:

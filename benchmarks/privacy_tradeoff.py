@@ -44,18 +44,14 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import logging as pylogging
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import tempfile
 import time
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 from matplotlib.figure import Figure
@@ -69,7 +65,7 @@ from privacy_overhead import (
 
 from fedjax_med.privacy import audit
 from fedjax_med.privacy.calibration import calibrate_noise_multiplier
-from fedjax_med.training import privacy_budget
+from fedjax_med.training import privacy_budget, run_metadata
 from fedjax_med.training.config_files import load_config_file
 from fedjax_med.training.experiment import (
   load_data,
@@ -388,36 +384,11 @@ def plot_results(
   fig.savefig(path, dpi=120)
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def collect_metadata(command: str) -> dict:
   """Returns the command, library versions and machine of this run."""
-  packages = ("jax", "jaxlib", "flax", "optax", "numpy", "dp-accounting")
-  return {
-    "command": command,
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"
-    ),
-    "versions": {
-      "python": platform.python_version(),
-      **{name: importlib.metadata.version(name) for name in packages},
-    },
-    "machine": {
-      "platform": platform.platform(),
-      "cpu_model": _cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "jax_backend": jax.default_backend(),
-    },
-  }
+  return run_metadata.collect_metadata(
+    command, (*run_metadata.DEFAULT_PACKAGES, "dp-accounting")
+  )
 
 
 def run_benchmark(options: dict, workdir: str) -> dict:

@@ -41,10 +41,7 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -67,6 +64,7 @@ from fedjax_med.data.partition import federate, iid_partition
 from fedjax_med.data.sklearn_sources import load_digits_arrays
 from fedjax_med.models.base import Model
 from fedjax_med.models.registry import get_model
+from fedjax_med.training import run_metadata
 from fedjax_med.training.experiment import write_json
 
 WORKLOADS = ("mlp", "cnn_patches", "cnn_lax")
@@ -379,18 +377,6 @@ def run_workload(workload: Workload, client: ClientConfig, seed: int) -> dict:
   }
 
 
-def cpu_model_name() -> str | None:
-  """Returns the first "model name" of /proc/cpuinfo, or None."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    return None
-  return None
-
-
 def collect_metadata(
   command: str, load_average_start: tuple[float, float, float]
 ) -> dict:
@@ -399,33 +385,10 @@ def collect_metadata(
   The load averages (1, 5 and 15 minutes, from `os.getloadavg`) at the start
   and end show whether other processes competed for the CPU.
   """
-  device = jax.devices()[0]
-  return {
-    "command": command,
-    "load_average_start": list(load_average_start),
-    "load_average_end": list(os.getloadavg()),
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"
-    ),
-    "versions": {
-      "python": platform.python_version(),
-      **{
-        package: importlib.metadata.version(package)
-        for package in ("jax", "jaxlib", "flax", "optax", "numpy")
-      },
-    },
-    "machine": {
-      "jax_platform": device.platform,
-      "device_kind": device.device_kind,
-      "num_devices": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "cpu_affinity_count": len(os.sched_getaffinity(0)),
-      "processor": platform.processor(),
-      "machine": platform.machine(),
-      "cpu_model_name": cpu_model_name(),
-      "platform": platform.platform(),
-    },
-  }
+  metadata = run_metadata.collect_metadata(command)
+  metadata["load_average_start"] = list(load_average_start)
+  metadata["load_average_end"] = list(os.getloadavg())
+  return metadata
 
 
 def check_targets(results: dict[str, dict]) -> dict[str, dict]:
@@ -536,8 +499,8 @@ def main(argv):
   print(
     f"Median seconds per FedAvg round over {option('rounds')} rounds, "
     f"{client.num_local_steps} local steps of batch {client.batch_size}, on "
-    f"{machine['device_kind']} ({machine['cpu_affinity_count']} usable CPU "
-    f"cores, {machine['cpu_model_name']}). Load average (1 min) "
+    f"{machine['jax_backend']} ({machine['cpu_affinity_count']} usable CPU "
+    f"cores, {machine['cpu_model']}). Load average (1 min) "
     f"{metadata['load_average_start'][0]:.2f} at the start, "
     f"{metadata['load_average_end'][0]:.2f} at the end."
   )

@@ -115,8 +115,8 @@ def test_quick_metadata(quick_run):
   assert {"jax", "jaxlib", "flax", "optax"} <= set(metadata["versions"])
   machine = metadata["machine"]
   assert machine["cpu_count"] >= machine["cpu_affinity_count"] >= 1
-  assert machine["jax_platform"]
-  assert machine["device_kind"]
+  assert machine["jax_backend"]
+  assert machine["cpu_model"]
   assert metadata["date"]
 
 
