@@ -51,7 +51,12 @@ from fedjax_med.core import aggregation
 from fedjax_med.core import tree as tree_lib
 from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
-from fedjax_med.core.client import BatchGradient, ClientBatch, local_train
+from fedjax_med.core.client import (
+  BatchGradient,
+  ClientBatch,
+  Objective,
+  local_train,
+)
 from fedjax_med.core.engine import ClientOutput, map_cohort
 from fedjax_med.core.sampling import make_sampler
 from fedjax_med.data.federated_data import FederatedData
@@ -86,6 +91,51 @@ class ServerState(NamedTuple):
   round: jax.Array
 
 
+class ClientContext(NamedTuple):
+  """What a client's hooks see in a round.
+
+  Attributes:
+    client_id: The client's index in the population.
+    batch: The client's padded training rows.
+    key: A key for the hooks' own randomness, independent of the keys of
+      local training and aggregation.
+    params: Global parameters at the start of the round.
+    model_state: Global non-trainable state at the start of the round.
+    client_state: This client's row of the stacked client states.
+    extra: Server-side algorithm state.
+    learning_rate: This round's client learning rate.
+    round: Rounds completed before this one.
+  """
+
+  client_id: jax.Array
+  batch: ClientBatch
+  key: jax.Array
+  params: PyTree
+  model_state: PyTree
+  client_state: PyTree
+  extra: PyTree
+  learning_rate: jax.Array
+  round: jax.Array
+
+
+class ClientUpdate(NamedTuple):
+  """What a client sends back, before the aggregator post-processes it.
+
+  Attributes:
+    delta: Update over the global parameters' tree (`local - global` by
+      default); the aggregator averages it.
+    weight: Aggregation weight (examples, or 1 for a client with data).
+    client_state: The client's new row of the stacked client states.
+    contribution: Summed over the cohort without weights, for
+      `update_extra`.
+  """
+
+  delta: PyTree
+  weight: jax.Array
+  client_state: PyTree
+  contribution: PyTree
+
+
 class ClientHooks(NamedTuple):
   """Pieces an algorithm may swap in the FedAvg round (all optional).
 
@@ -101,6 +151,19 @@ class ClientHooks(NamedTuple):
     batch_gradient: Replaces each local step's batch sampling and data
       gradient (see `local_train`); FEDTAIL's sharpness-aware step uses it.
       It cannot be combined with DP-SGD, which replaces the same piece.
+    start_variables: `ClientContext -> variables` local training starts
+      from; the global variables by default. FedBN puts the client's own
+      normalization layers in.
+    objective: `ClientContext -> Objective` (see `core.client`), replacing
+      the local step objective (MOON, UniVarFL).
+    finish: `(ClientContext, LocalResult, ClientUpdate) -> ClientUpdate`,
+      called after local training with the default update (the delta from
+      the global parameters, the weight, and the client state and
+      contribution of `update_client_state`); it returns the update to
+      send.
+    aggregate_model_state: `(mean_model_state, server_state) ->
+      model_state`, applied to the weighted mean of the clients'
+      non-trainable state (FedStein shrinks it).
   """
 
   init_client_states: Callable[[PyTree, int], PyTree] | None = None
@@ -109,6 +172,10 @@ class ClientHooks(NamedTuple):
   update_client_state: Callable[..., tuple[PyTree, PyTree]] | None = None
   update_extra: Callable[[PyTree, PyTree, int], PyTree] | None = None
   batch_gradient: BatchGradient | None = None
+  start_variables: Callable[[ClientContext], PyTree] | None = None
+  objective: Callable[[ClientContext], Objective] | None = None
+  finish: Callable[..., ClientUpdate] | None = None
+  aggregate_model_state: Callable[[PyTree, Any], PyTree] | None = None
 
 
 def build_fedavg_family(
@@ -201,12 +268,30 @@ def build_fedavg_family(
       )
       client_state = tree_lib.gather_rows(state.client_states, client_id)
       client_key = jax.random.fold_in(clients_key, client_id)
+      # local_train uses split(client_key); the aggregator fold_in(.., 2).
+      context = ClientContext(
+        client_id=client_id,
+        batch=batch,
+        key=jax.random.fold_in(client_key, 3),
+        params=state.params,
+        model_state=state.model_state,
+        client_state=client_state,
+        extra=state.extra,
+        learning_rate=learning_rate,
+        round=state.round,
+      )
       regularizer = None
       if hooks.regularizer is not None:
         regularizer = hooks.regularizer(state.params, client_state, state.extra)
+      start = variables
+      if hooks.start_variables is not None:
+        start = hooks.start_variables(context)
+      objective = None
+      if hooks.objective is not None:
+        objective = hooks.objective(context)
       result = local_train(
         model,
-        variables,
+        start,
         batch,
         client_key,
         optimizer=optimizer,
@@ -215,6 +300,7 @@ def build_fedavg_family(
         regularizer=regularizer,
         loss_fn=client.loss_fn,
         batch_gradient=batch_gradient,
+        objective=objective,
       )
 
       new_client_state, contribution = (), ()
@@ -233,10 +319,17 @@ def build_fedavg_family(
         weight = n
       else:
         weight = (n > 0).astype(jnp.float32)
-      delta = otu.tree_sub(result.params, state.params)
-      # local_train uses fold_in(client_key, 0) and (client_key, 1).
+      update = ClientUpdate(
+        delta=otu.tree_sub(result.params, state.params),
+        weight=weight,
+        client_state=new_client_state,
+        contribution=contribution,
+      )
+      if hooks.finish is not None:
+        update = hooks.finish(context, result, update)
+      weight = update.weight
       delta, agg_weight, agg_extra = aggregator.postprocess(
-        delta,
+        update.delta,
         weight,
         state.aggregator_state,
         jax.random.fold_in(client_key, 2),
@@ -251,9 +344,9 @@ def build_fedavg_family(
         "weighted_loss": weight * result.mean_loss,
         "weight": weight,
         "num_examples": n,
-        "contribution": contribution,
+        "contribution": update.contribution,
       }
-      return ClientOutput(summed, {"client_state": new_client_state})
+      return ClientOutput(summed, {"client_state": update.client_state})
 
     summed, per_client = map_cohort(
       client_fn, cohort_sample, cohort.clients_per_chunk
@@ -283,10 +376,11 @@ def build_fedavg_family(
     total = summed["weight"]
     has_data = total > 0
     inverse = jnp.where(has_data, 1.0 / jnp.maximum(total, 1e-12), 0.0)
+    mean_model_state = otu.tree_scale(inverse, summed["weighted_model_state"])
+    if hooks.aggregate_model_state is not None:
+      mean_model_state = hooks.aggregate_model_state(mean_model_state, state)
     model_state = otu.tree_where(
-      has_data & step,
-      otu.tree_scale(inverse, summed["weighted_model_state"]),
-      state.model_state,
+      has_data & step, mean_model_state, state.model_state
     )
 
     client_states = tree_lib.scatter_rows(

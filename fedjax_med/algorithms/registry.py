@@ -24,6 +24,8 @@ and `algorithm.tail_fraction` (defaults in `fedtail.FedTailConfig`).
 
 from __future__ import annotations
 
+import importlib
+
 import ml_collections
 import optax
 
@@ -43,7 +45,31 @@ _FEDOPT_SERVER = {
   "fedadam": "adam",
   "fedyogi": "yogi",
 }
-ALGORITHM_NAMES = ("fedavg", "fedprox", "scaffold", "fedtail", *_FEDOPT_SERVER)
+# Methods for heterogeneous sites live in their own modules, each with a
+# `from_config(config, model, data, *, client, cohort, server_learning_rate,
+# aggregator, dataset_name) -> FederatedAlgorithm` that reads its options
+# from `config.algorithm`. They are imported when first asked for.
+_MODULE_ALGORITHMS = {
+  "fedbn": "fedjax_med.algorithms.fedbn",
+  "fedstein": "fedjax_med.algorithms.fedstein",
+  "univarfl": "fedjax_med.algorithms.univarfl",
+  "moon": "fedjax_med.algorithms.moon",
+  "ditto": "fedjax_med.algorithms.ditto",
+  "pfedhn": "fedjax_med.algorithms.pfedhn",
+  "fedneuro": "fedjax_med.algorithms.fedneuro",
+  "fedvr": "fedjax_med.algorithms.fedvr",
+  "fedalign": "fedjax_med.algorithms.fedalign",
+  "qfedavg": "fedjax_med.algorithms.qfedavg",
+  "afl": "fedjax_med.algorithms.afl",
+}
+ALGORITHM_NAMES = (
+  "fedavg",
+  "fedprox",
+  "scaffold",
+  "fedtail",
+  *_FEDOPT_SERVER,
+  *_MODULE_ALGORITHMS,
+)
 SCHEDULES = ("constant", "exponential_decay", "cosine")
 
 
@@ -142,6 +168,17 @@ def build_algorithm(
   )
   server_lr = make_schedule(config.server, config.num_rounds, "server")
   common = dict(client=client, cohort=cohort, dataset_name=data.name)
+
+  if name in _MODULE_ALGORITHMS:
+    module = importlib.import_module(_MODULE_ALGORITHMS[name])
+    return module.from_config(
+      config,
+      model,
+      data,
+      server_learning_rate=server_lr,
+      aggregator=aggregator,
+      **common,
+    )
 
   if name == "fedavg":
     return fedavg_lib.fedavg(

@@ -35,7 +35,12 @@ class FederatedAlgorithm(NamedTuple):
     run_round: `(state, data, rng) -> (state, metrics)`; `metrics` is a dict
       of scalar arrays.
     global_variables: `state -> variables` of the global model, the one
-      evaluated on every client's test split.
+      evaluated on every client's test split and on unseen sites.
+    client_variables: Optional `state -> variables` stacked over a leading
+      `num_clients` axis: the model each client would deploy on its own
+      data (a personal model, or the global one with local layers). None
+      for algorithms whose clients use the global model; personalized
+      evaluation then evaluates the global model on each site.
   """
 
   init: Callable[[jax.Array, Variables], State]
@@ -43,3 +48,4 @@ class FederatedAlgorithm(NamedTuple):
     [State, FederatedData, jax.Array], tuple[State, dict[str, jax.Array]]
   ]
   global_variables: Callable[[State], Variables]
+  client_variables: Callable[[State], Variables] | None = None

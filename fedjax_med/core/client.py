@@ -12,7 +12,12 @@ Algorithms change local training through one hook, `regularizer(params)`,
 a scalar added to every step's loss: FedProx adds a proximal term and
 SCAFFOLD a linear term whose gradient is its control-variate correction.
 
-A second hook, `batch_gradient`, replaces how a step draws its batch and
+Methods whose local loss depends on the batch beyond the data loss (MOON's
+contrastive term, UniVarFL's variance and uniformity terms) replace the
+whole step objective through `objective`; `default_objective` is the one
+used otherwise.
+
+A third hook, `batch_gradient`, replaces how a step draws its batch and
 computes the data gradient; DP-SGD (`fedjax_med.privacy.dp_sgd`) uses it to
 sample its own batches and clip and noise per-example gradients. Without it
 local training takes the path described above.
@@ -34,6 +39,9 @@ from fedjax_med.models.base import Model
 PyTree = Any
 # `(params, x [*feature_shape], y [], rng) -> scalar`: one example's loss.
 ExampleLoss = Callable[[PyTree, jax.Array, jax.Array, jax.Array], jax.Array]
+# `(params, model_state, x, y, mask, rng) -> (loss, (data_loss, model_state))`:
+# one local step's objective on a masked batch.
+Objective = Callable[..., tuple[jax.Array, tuple[jax.Array, PyTree]]]
 # `(example_loss, params, batch, step_key) -> (data_gradient, data_loss)`.
 BatchGradient = Callable[
   [ExampleLoss, PyTree, "ClientBatch", jax.Array], tuple[PyTree, jax.Array]
@@ -105,6 +113,25 @@ def batch_indices(
   return indices, mask
 
 
+def default_objective(
+  model: Model,
+  loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy,
+) -> Objective:
+  """Returns the masked mean of `loss_fn` over a batch, as an `Objective`.
+
+  The returned loss and the data loss are the same number.
+  """
+
+  def objective(params, model_state, x, y, mask, rng):
+    logits, new_state = model.apply(
+      {"params": params, **model_state}, x, train=True, rng=rng
+    )
+    data_loss = losses.masked_mean(loss_fn(logits, y), mask)
+    return data_loss, (data_loss, new_state)
+
+  return objective
+
+
 def local_train(
   model: Model,
   variables: PyTree,
@@ -117,6 +144,7 @@ def local_train(
   regularizer: Callable[[PyTree], jax.Array] | None = None,
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy,
   batch_gradient: BatchGradient | None = None,
+  objective: Objective | None = None,
 ) -> LocalResult:
   """Runs `num_steps` optimizer steps on one client's data.
 
@@ -137,6 +165,10 @@ def local_train(
       loss, the parameters, the client's padded rows and the step's key.
       The regularizer's gradient is added to its result, and `batch_size`
       is then unused here.
+    objective: Optional replacement for the step objective (see
+      `Objective`); `default_objective(model, loss_fn)` when None. The
+      regularizer is added to it. It cannot be combined with
+      `batch_gradient`.
 
   Returns:
     The trained parameters, model state and mean data loss.
@@ -151,6 +183,12 @@ def local_train(
   chex.assert_equal_shape_prefix([batch.x, batch.y], 1)
   max_examples = batch.x.shape[0]
   batch_key, dropout_key = jax.random.split(key)
+  if batch_gradient is not None and objective is not None:
+    raise ValueError(
+      "a custom local objective cannot be combined with a batch_gradient "
+      "hook such as DP-SGD's; use privacy.mode='client' or 'none' with this "
+      "algorithm."
+    )
   if batch_gradient is not None:
     return _train_with_batch_gradient(
       model,
@@ -169,15 +207,13 @@ def local_train(
   # max_examples would always be padding: drop them from the static shape.
   slots = min(batch_size, max_examples)
 
-  def objective(params, model_state, x, y, mask, rng):
-    logits, new_state = model.apply(
-      {"params": params, **model_state}, x, train=True, rng=rng
-    )
-    data_loss = losses.masked_mean(loss_fn(logits, y), mask)
-    total = data_loss
+  step_objective = objective or default_objective(model, loss_fn)
+
+  def full_objective(params, model_state, x, y, mask, rng):
+    total, aux = step_objective(params, model_state, x, y, mask, rng)
     if regularizer is not None:
       total = total + regularizer(params)
-    return total, (data_loss, new_state)
+    return total, aux
 
   def step(carry, step_index):
     params, model_state, opt_state = carry
@@ -187,7 +223,7 @@ def local_train(
     x = jnp.take(batch.x, indices, axis=0)
     y = jnp.take(batch.y, indices, axis=0)
     rng = jax.random.fold_in(dropout_key, step_index)
-    grads, (data_loss, new_state) = jax.grad(objective, has_aux=True)(
+    grads, (data_loss, new_state) = jax.grad(full_objective, has_aux=True)(
       params, model_state, x, y, mask, rng
     )
     updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -13,12 +13,21 @@ split matters to aggregation: server optimizers and control variates act on
 `apply` returns the updated non-trainable state (an empty dict for stateless
 models); with `train=False` it returns the state unchanged.
 
+Methods that regularize representations (MOON, UniVarFL, FedAlign) also need
+the features the head reads. Models that provide them set `apply_features`:
+
+  logits, features, model_state = model.apply_features(variables, x, ...)
+
+where `features` has shape `[batch, feature_dim]`. The zoo's flax models
+provide it; a model that does not leaves it None and those methods refuse it.
+
 Binary tasks use one output logit (the log-odds of class 1); tasks with more
 classes use one logit per class.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -40,11 +49,17 @@ class Model(NamedTuple):
       non-"params" entries of `variables` after the call.
     num_outputs: Width of the logits: 1 for a binary task, else the number
       of classes.
+    apply_features: Optional `(variables, x, train=False, rng=None) ->
+      (logits, features, model_state)`, where `features [batch, dim]` is
+      the representation the model's last dense layer (the head) reads.
   """
 
   init: Callable[[jax.Array, jax.Array], Variables]
   apply: Callable[..., tuple[jax.Array, Variables]]
   num_outputs: int
+  apply_features: (
+    Callable[..., tuple[jax.Array, jax.Array, Variables]] | None
+  ) = None
 
 
 def num_outputs_for(num_classes: int) -> int:
@@ -61,25 +76,44 @@ def from_flax(module: nn.Module, num_outputs: int) -> Model:
 
   The module may hold non-trainable collections such as "batch_stats"; they
   are updated when `train=True`. A module that uses dropout reads the
-  "dropout" rng, which `apply` takes from its `rng` argument.
+  "dropout" rng, which `apply` takes from its `rng` argument. A module whose
+  `__call__` also takes `return_features` (returning `(logits, features)`
+  when it is True) gets `apply_features`.
   """
 
   def init(rng, x):
     variables = module.init({"params": rng, "dropout": rng}, x, train=False)
     return dict(variables)
 
-  def apply(variables, x, train=False, rng=None):
+  def call(variables, x, train, rng, **kwargs):
     state_names = [k for k in variables if k != "params"]
     rngs = {"dropout": rng} if rng is not None else None
     if train and state_names:
-      logits, new_state = module.apply(
-        variables, x, train=True, rngs=rngs, mutable=state_names
+      out, new_state = module.apply(
+        variables, x, train=True, rngs=rngs, mutable=state_names, **kwargs
       )
-      return logits, dict(new_state)
-    logits = module.apply(variables, x, train=train, rngs=rngs)
-    return logits, {k: variables[k] for k in state_names}
+      return out, dict(new_state)
+    out = module.apply(variables, x, train=train, rngs=rngs, **kwargs)
+    return out, {k: variables[k] for k in state_names}
 
-  return Model(init=init, apply=apply, num_outputs=num_outputs)
+  def apply(variables, x, train=False, rng=None):
+    return call(variables, x, train, rng)
+
+  def apply_features(variables, x, train=False, rng=None):
+    (logits, features), model_state = call(
+      variables, x, train, rng, return_features=True
+    )
+    return logits, features, model_state
+
+  has_features = (
+    "return_features" in inspect.signature(module.__call__).parameters
+  )
+  return Model(
+    init=init,
+    apply=apply,
+    num_outputs=num_outputs,
+    apply_features=apply_features if has_features else None,
+  )
 
 
 def from_haiku(transformed: hk.TransformedWithState, num_outputs: int) -> Model:

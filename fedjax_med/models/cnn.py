@@ -46,13 +46,16 @@ class CNN(nn.Module):
   conv_impl: str = "patches"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, train: bool = False, return_features: bool = False
+  ):
     """Maps images `[batch, height, width, channels]` to logits.
 
     `train` is accepted for the `from_flax` contract and has no effect.
 
     Returns:
-      Logits of shape `[batch, num_outputs]`.
+      Logits of shape `[batch, num_outputs]`, or `(logits, features)` with
+      `return_features`, the features being the flattened last block.
     """
     del train
     if x.ndim != 4:
@@ -73,4 +76,5 @@ class CNN(nn.Module):
         x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
     x = x.reshape(x.shape[0], -1)
-    return nn.Dense(self.num_outputs)(x)
+    logits = nn.Dense(self.num_outputs)(x)
+    return (logits, x) if return_features else logits

@@ -21,11 +21,16 @@ class LogisticRegression(nn.Module):
   num_outputs: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, train: bool = False, return_features: bool = False
+  ):
     """Maps `x` of shape `[batch, *feature_shape]` to `[batch, num_outputs]`.
 
-    `train` is accepted for the `from_flax` contract and has no effect.
+    `train` is accepted for the `from_flax` contract and has no effect. With
+    `return_features` it returns `(logits, features)`, the features being
+    the flattened input.
     """
     del train
     x = x.reshape(x.shape[0], -1)
-    return nn.Dense(self.num_outputs)(x)
+    logits = nn.Dense(self.num_outputs)(x)
+    return (logits, x) if return_features else logits

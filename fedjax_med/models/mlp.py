@@ -30,11 +30,15 @@ class MLP(nn.Module):
   use_batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, train: bool = False, return_features: bool = False
+  ):
     """Maps `x` of shape `[batch, *feature_shape]` to `[batch, num_outputs]`.
 
     `train` selects batch statistics (True) or running statistics (False)
-    in BatchNorm, and has no effect without it.
+    in BatchNorm, and has no effect without it. With `return_features` it
+    returns `(logits, features)`, the features being the last hidden layer's
+    activations (the flattened input without hidden layers).
     """
     x = x.reshape(x.shape[0], -1)
     for size in self.hidden_sizes:
@@ -42,4 +46,5 @@ class MLP(nn.Module):
       if self.use_batch_norm:
         x = nn.BatchNorm(use_running_average=not train)(x)
       x = nn.relu(x)
-    return nn.Dense(self.num_outputs)(x)
+    logits = nn.Dense(self.num_outputs)(x)
+    return (logits, x) if return_features else logits
