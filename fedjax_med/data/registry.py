@@ -14,6 +14,10 @@
   Dirichlet label skew (`fedjax_med.data.long_tail`). Options: profile
   ("exponential" or "zipf"), imbalance_ratio, num_clients, alpha,
   min_partition_size, test_fraction, seed, as_images.
+- "digits_multidomain": digits split into label-stratified sites, one per
+  acquisition domain ("clean", "contrast", "blur", "noise", "inverted",
+  "low_resolution"; `fedjax_med.data.multidomain`). Options: domains,
+  examples_per_site, test_fraction, seed, as_images.
 - "tfds": a dataset written by `write_tfds`. Options: data_dir, tfds_name.
 """
 
@@ -26,6 +30,7 @@ from fedjax_med.data import long_tail
 from fedjax_med.data import partition as partition_lib
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.data.heart_disease import load_fed_heart_disease
+from fedjax_med.data.multidomain import load_digits_multidomain
 from fedjax_med.data.sklearn_sources import (
   ArraySource,
   load_breast_cancer_arrays,
@@ -173,6 +178,7 @@ _LOADERS = {
   "digits": _load_digits,
   "tfds": _load_tfds,
   "digits_long_tail": _load_digits_long_tail,
+  "digits_multidomain": load_digits_multidomain,
 }
 DATASET_NAMES = tuple(_LOADERS)
 
@@ -190,6 +196,8 @@ def load_dataset(name: str, **options) -> FederatedData:
       digits_long_tail defaults to profile="exponential",
       imbalance_ratio=10, num_clients=10, alpha=0.5,
       min_partition_size=10, test_fraction=0.2, seed=0, as_images=True.
+      digits_multidomain defaults to all six domains, examples_per_site=0
+      (all), test_fraction=0.2, seed=0, as_images=True.
 
   Returns:
     The `FederatedData`.
