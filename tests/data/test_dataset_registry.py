@@ -14,6 +14,7 @@ def test_names():
     "digits",
     "tfds",
     "digits_long_tail",
+    "digits_multidomain",
   )
 
 
