@@ -75,9 +75,10 @@ def supervised_contrastive(
   are L2-normalized and `S = Z Z^T / temperature`. Anchor `i` scores
   `-mean_{j in P(i)} S_ij + log sum_{j != i} exp(S_ij)`, where `P(i)`
   contains the rows with `i`'s label. FedAlign's code includes `j = i` in
-  `P(i)`, and `standard=True` excludes it, as in Khosla et al., "Supervised Contrastive
-  Learning", NeurIPS 2020, arXiv:2004.11362. Anchors with an empty `P(i)`
-  or no other real row are left out of the mean.
+  `P(i)`, and `standard=True` excludes it, as in Khosla et al.,
+  "Supervised Contrastive Learning", NeurIPS 2020, arXiv:2004.11362.
+  Anchors with an empty `P(i)` or no other real row are left out of the
+  mean.
 
   Args:
     augmented: `[batch, dim]` features of the augmented view.
