@@ -8,7 +8,8 @@ Options per model and library:
   name                 flax options                          haiku options
   logistic_regression  (none)                                (none)
   mlp                  hidden_sizes, use_batch_norm          hidden_sizes
-  cnn                  channels, kernel_size, conv_impl      (not available)
+  cnn                  channels, kernel_size, conv_impl,     (not available)
+                       use_batch_norm
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ LIBRARIES = ("flax", "haiku")
 _OPTIONS: dict[tuple[str, str], tuple[str, ...]] = {
   ("flax", "logistic_regression"): (),
   ("flax", "mlp"): ("hidden_sizes", "use_batch_norm"),
-  ("flax", "cnn"): ("channels", "kernel_size", "conv_impl"),
+  ("flax", "cnn"): (
+    "channels",
+    "kernel_size",
+    "conv_impl",
+    "use_batch_norm",
+  ),
   ("haiku", "logistic_regression"): (),
   ("haiku", "mlp"): ("hidden_sizes",),
 }
