@@ -11,6 +11,7 @@ Run:
 
 Switch the method with --config.algorithm.name (fedavg, fedprox, scaffold,
 fedavgm, fedadagrad, fedadam, fedyogi, or the baselines pooled and local).
+Add --config.protocol=leave_one_site_out to test on each unseen hospital.
 """
 
 import ml_collections
@@ -24,6 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 5
   config.checkpoint_every = 10
   config.progress_bar = True
+  # "standard", or "leave_one_site_out": train without each site in turn and
+  # test on it (fedjax_med/training/protocols.py). holdout_rows is "all"
+  # (the unseen site's train and test rows) or "test".
+  config.protocol = "standard"
+  config.holdout_rows = "all"
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "fed_heart_disease"

@@ -7,7 +7,10 @@ Example:
 
 Writes metrics.jsonl, TensorBoard events, per-site PNG plots, orbax
 checkpoints and final_metrics.json into --workdir. --resume continues from the
-newest checkpoint there.
+newest checkpoint there. With --config.protocol=leave_one_site_out each
+held-out site trains in --workdir/holdout_<site>, and pooled_test_accuracy
+covers the held-out sites' rows, each predicted by the model trained without
+that site.
 """
 
 from absl import app, flags, logging
@@ -42,6 +45,22 @@ def main(argv):
     f"worst_client={final['worst_client']['name']} "
     f"({final['worst_client']['accuracy']:.4f})"
   )
+  personalized = final.get("personalized")
+  if personalized is not None and personalized["source"] == "client_models":
+    worst = personalized["worst_client"]
+    print(
+      "personalized "
+      f"client_mean_accuracy={personalized['client_mean']['accuracy']:.4f} "
+      f"worst_client={worst['name']} ({worst['accuracy']:.4f})"
+    )
+  holdouts = final.get("leave_one_site_out")
+  if holdouts is not None:
+    worst = holdouts["worst_site"]
+    print(
+      "leave_one_site_out "
+      f"mean_accuracy={holdouts['mean']['accuracy']:.4f} "
+      f"worst_site={worst['name']} ({worst['accuracy']:.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ and a PNG plot per metric. For tasks with more than two classes the
 evaluation adds the long-tail metrics of `fedjax_med.metrics.long_tail`
 (balanced accuracy, macro F1, recall per class and on the tail classes, per
 site and pooled) under "long_tail". `long_tail_classes` fixes the tail.
+Algorithms with per-client models (Ditto) are also evaluated with each
+site's own model on its own test split, under "personalized", and
+`config.protocol="leave_one_site_out"` trains once per held-out site; both
+are described in `protocols.py`.
 
 Randomness: one key per run from `config.seed`, split into an init key and a
 run key; round `r` uses `fold_in(run_key, r)`, so a resumed run draws the same
@@ -50,7 +54,7 @@ from fedjax_med.losses.class_statistics import (
 from fedjax_med.metrics.classification import format_client_table
 from fedjax_med.metrics.long_tail import format_long_tail_table
 from fedjax_med.models.registry import get_model
-from fedjax_med.training import baselines, privacy_budget
+from fedjax_med.training import baselines, privacy_budget, protocols
 from fedjax_med.training.checkpoint import Checkpointer
 from fedjax_med.training.evaluation import evaluate, make_predict_fn
 from fedjax_med.training.plotting import plot_client_metrics
@@ -200,7 +204,8 @@ def run_experiment(
       last good checkpoint stays on disk.
   """
   validate_config(config)
-  data = load_data(config)
+  protocol = protocols.protocol_name(config)
+  data = load_data(protocols.loading_config(config))
   model = build_model(config, data)
   os.makedirs(workdir, exist_ok=True)
   logging.info(
@@ -211,7 +216,15 @@ def run_experiment(
     data.test.num_examples.tolist(),
   )
   name = config.algorithm.name
-  if name == "local":
+  if protocol == "leave_one_site_out":
+    final = protocols.run_leave_one_site_out(
+      config,
+      data,
+      model,
+      workdir,
+      lambda *args: train_and_evaluate(*args, model=model, resume=resume),
+    )
+  elif name == "local":
     final = baselines.run_local_baseline(
       config,
       data,
@@ -307,6 +320,9 @@ def _train_with_checkpointer(
   round_fn = jax.jit(algorithm.run_round)
   predict_fn = make_predict_fn(model)
   tail = long_tail_classes(config, eval_data)
+  personalize = protocols.PersonalizedEvaluator(
+    model, algorithm, train_data, eval_data
+  )
   result = None
   result_round = None
   completed = start
@@ -360,6 +376,8 @@ def _train_with_checkpointer(
         )
         result_round = completed
         scalars.update(_eval_scalars(result))
+        personalized = personalize(state, result, tail)
+        scalars.update(protocols.personalized_scalars(personalized))
         postfix["pooled_acc"] = f"{result['pooled']['accuracy']:.3f}"
       progress.set_postfix(postfix)
       writer.write_scalars(completed, scalars)
@@ -374,6 +392,7 @@ def _train_with_checkpointer(
     result = evaluate(
       predict_fn, variables, eval_data.test, eval_data.client_names, tail
     )
+    personalized = personalize(state, result, tail)
   logging.info(
     "Global model after %d rounds:\n%s",
     completed,
@@ -385,6 +404,8 @@ def _train_with_checkpointer(
       completed,
       format_long_tail_table(result["long_tail"]),
     )
+  if personalize.has_client_models:
+    protocols.log_personalized(personalized, completed)
   write_plots(
     workdir, eval_data.client_names, eval_data.test.num_examples.tolist()
   )
@@ -399,6 +420,7 @@ def _train_with_checkpointer(
     "client_mean": result["client_mean"],
     "example_weighted": result["example_weighted"],
     "worst_client": result["worst_client"],
+    "personalized": protocols.personalized_summary(personalized),
     "config": config.to_dict(),
   }
   if "long_tail" in result:
