@@ -15,8 +15,8 @@ The standard protocol trains on every site and reports the global model's
 pooled accuracy and worst-site accuracy, and the personalized accuracy:
 each site's own model on its own test split (the global model for methods
 without personal models). The leave-one-site-out protocol trains once per
-site on all the other sites and tests the global model on the unseen one;
-it reports the mean over held-out sites and the worst one.
+site on all the other sites and tests the global model on the unseen one.
+It reports the mean over held-out sites and the worst one.
 
 The markdown table has one row per task and method, each cell the mean and
 sample standard deviation over seeds. The JSON output also contains every
@@ -81,9 +81,9 @@ DISPLAY_NAMES = {
 }
 METHODS = tuple(DISPLAY_NAMES)
 # On Fed-Heart-Disease the default FedAvg trains logistic regression, while
-# the methods that act on hidden layers train an MLP with 32 hidden units;
+# the methods that act on hidden layers train an MLP with 32 hidden units.
 # "fedavg_mlp" is FedAvg on that MLP. On digits every method trains the CNN,
-# so the row would repeat FedAvg's and is skipped.
+# so that row would repeat FedAvg's and is skipped.
 HEART_ONLY_METHODS = ("fedavg_mlp",)
 # Model options each method needs on the digits CNN.
 DIGITS_MODEL_OPTIONS = {
