@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "mlp"
   config.model.hidden_sizes = (32,)
   config.algorithm.name = "moon"
-  # The base config's mu = 0.1 is FedProx's; MOON reads the same field.
-  config.algorithm.mu = 1.0
+  # MOON's mu; the base config's algorithm.mu is FedProx's proximal weight.
+  config.algorithm.contrastive_weight = 1.0
   config.algorithm.temperature = 0.5
   return config

@@ -88,8 +88,9 @@ def validate_config(config: MoonConfig) -> None:
   """Raises ValueError for settings MOON cannot use."""
   if not config.mu >= 0:
     raise ValueError(
-      f"moon mu={config.mu} must be >= 0; the paper uses 1 or 5, and 0 "
-      "gives FedAvg."
+      f"moon mu={config.mu} must be >= 0; set "
+      "--config.algorithm.contrastive_weight to 1 or 5 as the paper does, or "
+      "0 for FedAvg."
     )
   if not config.temperature > 0:
     raise ValueError(
@@ -213,17 +214,15 @@ def from_config(
   aggregator: Aggregator | None,
   dataset_name: str,
 ) -> FederatedAlgorithm:
-  """Builds MOON from `config.algorithm.mu` and `.temperature`.
+  """Builds MOON from `config.algorithm.contrastive_weight` and `.temperature`.
 
-  NOTE: the base config `configs/fed_heart_disease.py` sets
-  `algorithm.mu = 0.1` for FedProx, and MOON reads the same field, so
-  selecting MOON there with `--config.algorithm.name=moon` trains with
-  mu = 0.1. `configs/fed_heart_disease_moon.py` sets MOON's default 1.
+  The paper's `mu` is read from `contrastive_weight`, because the base
+  config's `algorithm.mu` is FedProx's proximal weight.
   """
   defaults = MoonConfig()
   section = config.algorithm
   settings = MoonConfig(
-    mu=float(section.get("mu", defaults.mu)),
+    mu=float(section.get("contrastive_weight", defaults.mu)),
     temperature=float(section.get("temperature", defaults.temperature)),
   )
   return moon(

@@ -291,3 +291,21 @@ def test_moon_resume_equals_uninterrupted_run(tmp_path):
   assert np.max(np.abs(kernels[0] - kernels[1])) > 0
   records = read_jsonl(str(resumed / "metrics.jsonl"))
   assert [r["round"] for r in records] == [1, 2, 3, 4, 5, 6]
+
+
+def test_moon_reads_contrastive_weight(monkeypatch):
+  # MOON's mu has its own field, because algorithm.mu is FedProx's weight.
+  captured = {}
+  real_moon = moon.moon
+
+  def spy(*args, config, **kwargs):
+    captured["config"] = config
+    return real_moon(*args, config=config, **kwargs)
+
+  monkeypatch.setattr(moon, "moon", spy)
+  config = _moon_config()
+  config.algorithm.contrastive_weight = 2.5
+  config.algorithm.mu = 0.1
+  data = experiment.load_data(config)
+  build_algorithm(config, experiment.build_model(config, data), data)
+  assert captured["config"].mu == 2.5
