@@ -61,6 +61,8 @@ _MODULE_ALGORITHMS = {
   "fedalign": "fedjax_med.algorithms.fedalign",
   "qfedavg": "fedjax_med.algorithms.qfedavg",
   "afl": "fedjax_med.algorithms.afl",
+  "dpsgd": "fedjax_med.decentralized.algorithms",
+  "choco_sgd": "fedjax_med.decentralized.algorithms",
 }
 ALGORITHM_NAMES = (
   "fedavg",
