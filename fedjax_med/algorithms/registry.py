@@ -61,6 +61,9 @@ _MODULE_ALGORITHMS = {
   "fedalign": "fedjax_med.algorithms.fedalign",
   "qfedavg": "fedjax_med.algorithms.qfedavg",
   "afl": "fedjax_med.algorithms.afl",
+  "newton": "fedjax_med.algorithms.newton",
+  "fedns": "fedjax_med.algorithms.fedns",
+  "flens": "fedjax_med.algorithms.flens",
   "dpsgd": "fedjax_med.decentralized.algorithms",
   "choco_sgd": "fedjax_med.decentralized.algorithms",
 }

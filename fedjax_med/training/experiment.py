@@ -64,10 +64,29 @@ PLOTTED_METRICS = ("accuracy", "auroc", "loss")
 
 
 def load_data(config: ml_collections.ConfigDict) -> FederatedData:
-  """Loads the dataset named by `config.data`."""
+  """Loads the dataset named by `config.data`.
+
+  With `config.float64` the features are cast to float64.
+  """
   options = config.data.to_dict()
   name = options.pop("name")
-  return load_dataset(name, **options)
+  data = load_dataset(name, **options)
+  if config.get("float64", False):
+    data = data.replace(
+      train=data.train.replace(x=data.train.x.astype(np.float64)),
+      test=data.test.replace(x=data.test.x.astype(np.float64)),
+    )
+  return data
+
+
+def as_float64(tree: Any) -> Any:
+  """Casts the floating-point leaves of `tree` to float64."""
+  return jax.tree.map(
+    lambda leaf: leaf.astype(jnp.float64)
+    if jnp.issubdtype(leaf.dtype, jnp.floating)
+    else leaf,
+    tree,
+  )
 
 
 def build_model(config: ml_collections.ConfigDict, data: FederatedData):
@@ -203,6 +222,14 @@ def run_experiment(
     FloatingPointError: If the training loss becomes NaN or infinite; the
       last good checkpoint stays on disk.
   """
+  # `float64 = True` runs in double precision (convex benchmarks); x64 is
+  # switched on before anything is built and switched off afterwards.
+  if config.get("float64", False) and not jax.config.jax_enable_x64:
+    jax.config.update("jax_enable_x64", True)
+    try:
+      return run_experiment(config, workdir, resume=resume)
+    finally:
+      jax.config.update("jax_enable_x64", False)
   validate_config(config)
   protocol = protocols.protocol_name(config)
   data = load_data(protocols.loading_config(config))
@@ -304,7 +331,10 @@ def _train_with_checkpointer(
   algorithm = build_algorithm(config, model, train_data)
   init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
   sample_x = jnp.asarray(train_data.train.x[0, :1])
-  state = algorithm.init(init_key, model.init(init_key, sample_x))
+  variables = model.init(init_key, sample_x)
+  if config.get("float64", False):
+    variables = as_float64(variables)
+  state = algorithm.init(init_key, variables)
   if latest is not None:
     state, run_key = checkpointer.restore(latest, state, run_key)
     start = latest
