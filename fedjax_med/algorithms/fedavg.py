@@ -21,6 +21,10 @@ Choices this implementation makes:
   * The client learning rate follows a schedule over rounds evaluated inside
     the compiled round from `state.round`, so a decaying rate never triggers
     a recompilation and never restarts at the first round.
+  * `client.compression` compresses every client's delta and the broadcast
+    model, and each round's metrics hold the exact `uplink_bytes` and
+    `downlink_bytes` summed over the cohort; `communication.py` states the
+    conventions.
 
 FedProx, SCAFFOLD and the adaptive server optimizers reuse `build_fedavg_family`
 and change one piece each through `ClientHooks` or the server optimizer.
@@ -36,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
+
+from fedjax_med.algorithms import communication
 
 # The settings are re-exported: every FedAvg-family module imports them here.
 from fedjax_med.algorithms.settings import (
@@ -80,6 +86,9 @@ class ServerState(NamedTuple):
     aggregator_state: State of the aggregator (an adaptive clip norm, for
       example), or an empty tuple.
     round: Rounds completed, int32 scalar.
+    compression: Compression state: the stacked per-client uplink states
+      (error-feedback residuals) under "uplink", and the clients' copy of
+      the model under "downlink" (see `communication.init_state`).
   """
 
   params: PyTree
@@ -89,6 +98,7 @@ class ServerState(NamedTuple):
   extra: PyTree
   aggregator_state: PyTree
   round: jax.Array
+  compression: PyTree = ()
 
 
 class ClientContext(NamedTuple):
@@ -99,7 +109,8 @@ class ClientContext(NamedTuple):
     batch: The client's padded training rows.
     key: A key for the hooks' own randomness, independent of the keys of
       local training and aggregation.
-    params: Global parameters at the start of the round.
+    params: Global parameters at the start of the round, as the client
+      received them (the decoded broadcast under downlink compression).
     model_state: Global non-trainable state at the start of the round.
     client_state: This client's row of the stacked client states.
     extra: Server-side algorithm state.
@@ -166,6 +177,10 @@ class ClientHooks(NamedTuple):
     aggregate_model_state: `(mean_model_state, server_state) ->
       model_state`, applied to the weighted mean of the clients'
       non-trainable state (FedStein shrinks it).
+    extra_uplink_bytes: Bytes each client with data sends beyond what the
+      round counts itself (see `communication.py`).
+    extra_downlink_bytes: Bytes each sampled client receives beyond what
+      the round counts itself.
   """
 
   init_client_states: Callable[[PyTree, int], PyTree] | None = None
@@ -178,6 +193,8 @@ class ClientHooks(NamedTuple):
   objective: Callable[[ClientContext], Objective] | None = None
   finish: Callable[..., ClientUpdate] | None = None
   aggregate_model_state: Callable[[PyTree, Any], PyTree] | None = None
+  extra_uplink_bytes: int = 0
+  extra_downlink_bytes: int = 0
 
 
 def build_fedavg_family(
@@ -250,6 +267,9 @@ def build_fedavg_family(
       extra=extra,
       aggregator_state=aggregator.init(params),
       round=jnp.zeros((), jnp.int32),
+      compression=communication.init_state(
+        client.compression, params, num_clients
+      ),
     )
 
   def run_round(state: ServerState, data: FederatedData, rng: jax.Array):
@@ -260,7 +280,14 @@ def build_fedavg_family(
     cohort_sample = sampler(sample_key)
     learning_rate = client_schedule(state.round)
     optimizer = make_client_optimizer(client, learning_rate)
-    variables = {"params": state.params, **state.model_state}
+    # Clients train from the model they decode; the server keeps its own.
+    received, downlink_state, downlink_payload_bytes = communication.broadcast(
+      client.compression,
+      state.params,
+      state.compression["downlink"],
+      jax.random.fold_in(rng, 3),
+    )
+    variables = {"params": received, **state.model_state}
 
     def client_fn(client_id):
       batch = ClientBatch(
@@ -275,7 +302,7 @@ def build_fedavg_family(
         client_id=client_id,
         batch=batch,
         key=jax.random.fold_in(client_key, 3),
-        params=state.params,
+        params=received,
         model_state=state.model_state,
         client_state=client_state,
         extra=state.extra,
@@ -284,7 +311,7 @@ def build_fedavg_family(
       )
       regularizer = None
       if hooks.regularizer is not None:
-        regularizer = hooks.regularizer(state.params, client_state, state.extra)
+        regularizer = hooks.regularizer(received, client_state, state.extra)
       start = variables
       if hooks.start_variables is not None:
         start = hooks.start_variables(context)
@@ -309,7 +336,7 @@ def build_fedavg_family(
       if hooks.update_client_state is not None:
         new_client_state, contribution = hooks.update_client_state(
           client_state,
-          state.params,
+          received,
           result.params,
           state.extra,
           client.num_local_steps,
@@ -324,8 +351,8 @@ def build_fedavg_family(
       # Local training may run on another tree than the global parameters
       # (weights generated by a hypernetwork); `finish` then sets the delta.
       delta = None
-      if jax.tree.structure(result.params) == jax.tree.structure(state.params):
-        delta = otu.tree_sub(result.params, state.params)
+      if jax.tree.structure(result.params) == jax.tree.structure(received):
+        delta = otu.tree_sub(result.params, received)
       update = ClientUpdate(
         delta=delta,
         weight=weight,
@@ -341,8 +368,24 @@ def build_fedavg_family(
           "the tree must compute the delta in its finish hook."
         )
       weight = update.weight
+      sent_delta, uplink_row, uplink_payload_bytes = (
+        communication.compress_delta(
+          client.compression,
+          update.delta,
+          state.params,
+          tree_lib.gather_rows(state.compression["uplink"], client_id),
+          jax.random.fold_in(client_key, 4),
+        )
+      )
+      uplink_bytes = (
+        uplink_payload_bytes
+        + communication.dense_bytes(
+          weight, update.contribution, result.model_state
+        )
+        + hooks.extra_uplink_bytes
+      )
       delta, agg_weight, agg_extra = aggregator.postprocess(
-        update.delta,
+        sent_delta,
         weight,
         state.aggregator_state,
         jax.random.fold_in(client_key, 2),
@@ -358,8 +401,16 @@ def build_fedavg_family(
         "weight": weight,
         "num_examples": n,
         "contribution": update.contribution,
+        "uplink_bytes": communication.byte_count(
+          uplink_bytes, n > 0, cohort_sample.client_ids.shape[0]
+        ),
       }
-      return ClientOutput(summed, {"client_state": update.client_state})
+      per_client = {
+        "client_state": update.client_state,
+        "uplink_state": uplink_row,
+        "sent": n > 0,
+      }
+      return ClientOutput(summed, per_client)
 
     summed, per_client = map_cohort(
       client_fn, cohort_sample, cohort.clients_per_chunk
@@ -402,6 +453,17 @@ def build_fedavg_family(
       per_client["client_state"],
       cohort_sample.mask,
     )
+    uplink_states = tree_lib.scatter_rows(
+      state.compression["uplink"],
+      cohort_sample.client_ids,
+      per_client["uplink_state"],
+      cohort_sample.mask & per_client["sent"],
+    )
+    downlink_bytes = (
+      downlink_payload_bytes
+      + communication.dense_bytes(state.model_state, state.extra)
+      + hooks.extra_downlink_bytes
+    )
     extra = state.extra
     if hooks.update_extra is not None:
       extra = hooks.update_extra(extra, summed["contribution"], num_clients)
@@ -414,6 +476,7 @@ def build_fedavg_family(
       extra=extra,
       aggregator_state=finalized.state,
       round=state.round + 1,
+      compression={"uplink": uplink_states, "downlink": downlink_state},
     )
     metrics = {
       "train_loss": summed["weighted_loss"] * inverse,
@@ -421,6 +484,10 @@ def build_fedavg_family(
       "cohort_examples": summed["num_examples"],
       "client_learning_rate": learning_rate,
       "delta_norm": otu.tree_norm(mean_delta),
+      "uplink_bytes": summed["uplink_bytes"],
+      "downlink_bytes": communication.byte_count(
+        downlink_bytes, cohort_size, cohort_sample.client_ids.shape[0]
+      ),
       **finalized.metrics,
     }
     return new_state, metrics

@@ -20,6 +20,10 @@ clients' label histograms (`fedjax_med.losses.global_class_counts`). Under the
 
 `algorithm.name="fedtail"` reads `algorithm.rho`, `algorithm.matching_weight`
 and `algorithm.tail_fraction` (defaults in `fedtail.FedTailConfig`).
+
+`compression.uplink` and `compression.downlink` each name a compressor and
+its options (`fedjax_med.compression.registry`), applied by every
+FedAvg-family algorithm; an absent section means no compression.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import optax
 from fedjax_med.algorithms import fedavg as fedavg_lib
 from fedjax_med.algorithms import fedopt, fedprox, fedtail, scaffold
 from fedjax_med.algorithms.privacy_wiring import privacy_pieces
+from fedjax_med.algorithms.settings import CompressionConfig
+from fedjax_med.compression import registry as compression_registry
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.losses import global_class_counts, make_loss
@@ -137,6 +143,40 @@ def fedtail_config(config: ml_collections.ConfigDict) -> fedtail.FedTailConfig:
   )
 
 
+def compression_config(
+  config: ml_collections.ConfigDict,
+) -> CompressionConfig:
+  """Reads `config.compression`'s uplink and downlink compressors.
+
+  Raises:
+    ValueError: For an invalid compressor section, or uplink compression
+      together with secure aggregation, whose ring encoding replaces the
+      client's message.
+  """
+  section = config.get("compression", None)
+  if section is None:
+    return CompressionConfig()
+  links = {}
+  for link in ("uplink", "downlink"):
+    options = section.get(link, None)
+    links[link] = None
+    if not compression_registry.is_identity(options):
+      links[link] = compression_registry.make_compressor(
+        options, where=f"compression.{link}"
+      )
+  privacy = config.get("privacy", None)
+  secure = privacy is not None and privacy.get("secure_aggregation", False)
+  if secure and links["uplink"] is not None:
+    raise ValueError(
+      f"compression.uplink.name={section.uplink.name!r} with "
+      "privacy.secure_aggregation=True: the secure sum needs every "
+      "client's delta as ring integers of the same length, and it already "
+      "quantizes them to privacy.secagg_bits bits; set "
+      "compression.uplink.name='identity' and lower secagg_bits instead."
+    )
+  return CompressionConfig(**links)
+
+
 def build_algorithm(
   config: ml_collections.ConfigDict, model: Model, data: FederatedData
 ) -> FederatedAlgorithm:
@@ -170,6 +210,7 @@ def build_algorithm(
     momentum=config.client.get("momentum", 0.9),
     loss_fn=make_client_loss(config, data),
     dp_sgd=dp_sgd_config,
+    compression=compression_config(config),
   )
   server_lr = make_schedule(config.server, config.num_rounds, "server")
   common = dict(client=client, cohort=cohort, dataset_name=data.name)

@@ -14,12 +14,27 @@ import jax
 import optax
 
 from fedjax_med import losses
+from fedjax_med.compression.payload import Compressor
 from fedjax_med.privacy import dp_sgd
 
 Schedule = Callable[[jax.Array], jax.Array]
 
 WEIGHTINGS = ("example", "uniform")
 CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+class CompressionConfig(NamedTuple):
+  """Compression of what clients send and receive each round.
+
+  Attributes:
+    uplink: Applied to every client's delta before aggregation (see
+      `fedjax_med.algorithms.communication`); None sends it uncompressed.
+    downlink: Applied to the change of the broadcast model; None
+      broadcasts the model uncompressed.
+  """
+
+  uplink: Compressor | None = None
+  downlink: Compressor | None = None
 
 
 class ClientConfig(NamedTuple):
@@ -34,6 +49,7 @@ class ClientConfig(NamedTuple):
     loss_fn: Per-example loss `(logits, labels) -> [batch]`.
     dp_sgd: Example-level differential privacy (DP-SGD) in every local
       step, or None to train without it.
+    compression: Compression of the client's uplink and downlink messages.
   """
 
   learning_rate: float | Schedule = 0.1
@@ -43,6 +59,7 @@ class ClientConfig(NamedTuple):
   momentum: float = 0.9
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = losses.cross_entropy
   dp_sgd: dp_sgd.DPSGDConfig | None = None
+  compression: CompressionConfig = CompressionConfig()
 
 
 class CohortConfig(NamedTuple):

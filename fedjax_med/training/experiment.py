@@ -28,6 +28,11 @@ would take epsilon past `target_epsilon`, saves a checkpoint and records
 `stopped_at_budget` in `final_metrics.json`. The accountant's state is saved
 in every checkpoint, so a resumed run reports the same epsilon as an
 uninterrupted one.
+
+Communication: when rounds log `uplink_bytes` and `downlink_bytes`,
+`final_metrics.json` holds their sums over the completed rounds as
+`total_uplink_bytes` and `total_downlink_bytes`, read back from
+`metrics.jsonl` so that a resumed run counts the rounds before the resume.
 """
 
 from __future__ import annotations
@@ -148,6 +153,29 @@ def long_tail_classes(
   fraction = 0.2 if section is None else section.get("tail_fraction", 0.2)
   counts = global_class_counts(data.train, data.num_classes)
   return tail_classes(counts, fraction).tolist()
+
+
+BYTE_METRICS = ("uplink_bytes", "downlink_bytes")
+
+
+def communication_totals(workdir: str, num_rounds: int) -> dict[str, int]:
+  """Sums the byte metrics of rounds 1 to `num_rounds` in `metrics.jsonl`.
+
+  A round logged twice (a resume from an older checkpoint) counts once,
+  with its last record. Metrics that no round logged are left out.
+  """
+  latest = {}
+  for record in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    if record["round"] <= num_rounds:
+      latest[record["round"]] = record
+  totals = {}
+  for metric in BYTE_METRICS:
+    values = [
+      r[f"train/{metric}"] for r in latest.values() if f"train/{metric}" in r
+    ]
+    if values:
+      totals[f"total_{metric}"] = int(sum(round(v) for v in values))
+  return totals
 
 
 def _eval_scalars(result: dict) -> dict[str, float]:
@@ -457,6 +485,7 @@ def _train_with_checkpointer(
     final["long_tail"] = result["long_tail"]
   if privacy is not None:
     final.update(privacy_budget.privacy_summary(privacy, stopped_at_budget))
+  final.update(communication_totals(workdir, completed))
   return final
 
 
