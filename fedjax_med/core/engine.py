@@ -101,7 +101,9 @@ def map_cohort(
     chunk_ids, chunk_mask = chunk_inputs
     out = vmapped(chunk_ids)
     chunk_sum = tree_lib.masked_sum(out.summed, chunk_mask)
-    total = jax.tree.map(jnp.add, total, chunk_sum)
+    # Under jax_enable_x64 a sum of int32 leaves is int64; keep the carry's
+    # dtype so that the scan's carry types match.
+    total = jax.tree.map(lambda t, c: t + c.astype(t.dtype), total, chunk_sum)
     return total, out.per_client
 
   summed, per_client = jax.lax.scan(body, zeros, (ids, mask))
