@@ -10,7 +10,8 @@ diagonal of random signs. Every `y_j` is then rounded at random to one of
 `num_levels` evenly spaced values between `min(y)` and `max(y)`, up with
 probability equal to its fractional position, so the quantizer is unbiased.
 The receiver rebuilds `y`, applies the inverse rotation `D H / sqrt(d')` and
-drops the padding. The rotation spreads the vector's energy over all coordinates, so `max(y) - min(y)` is
+drops the padding. The rotation spreads the vector's energy over all
+coordinates, so `max(y) - min(y)` is
 `O(sqrt(log d' / d')) ||x||` with high probability, and the error
 `E||Q(x) - x||^2 <= d' (max(y) - min(y))^2 / (4 (num_levels - 1)^2)` (each
 coordinate's rounding variance is at most a quarter of the squared level

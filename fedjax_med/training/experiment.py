@@ -87,9 +87,11 @@ def load_data(config: ml_collections.ConfigDict) -> FederatedData:
 def as_float64(tree: Any) -> Any:
   """Casts the floating-point leaves of `tree` to float64."""
   return jax.tree.map(
-    lambda leaf: leaf.astype(jnp.float64)
-    if jnp.issubdtype(leaf.dtype, jnp.floating)
-    else leaf,
+    lambda leaf: (
+      leaf.astype(jnp.float64)
+      if jnp.issubdtype(leaf.dtype, jnp.floating)
+      else leaf
+    ),
     tree,
   )
 
