@@ -269,7 +269,10 @@ def run_method(
   return {"config": config.to_dict(), "runs": runs, "summary": summarize(runs)}
 
 
-def _cell(mean: float, std: float) -> str:
+def _cell(mean: float | None, std: float | None) -> str:
+  # Results read back from JSON (--merge) carry NaN as None.
+  mean = np.nan if mean is None else mean
+  std = np.nan if std is None else std
   if np.isnan(mean):
     return "n/a"
   if np.isnan(std):
