@@ -102,7 +102,7 @@ class ServerState(NamedTuple):
 
 
 class ClientContext(NamedTuple):
-  """What a client's hooks see in a round.
+  """Inputs of a client's hooks in one round.
 
   Attributes:
     client_id: The client's index in the population.
@@ -130,7 +130,7 @@ class ClientContext(NamedTuple):
 
 
 class ClientUpdate(NamedTuple):
-  """What a client sends back, before the aggregator post-processes it.
+  """A client's message to the server, before aggregator post-processing.
 
   Attributes:
     delta: Update over the global parameters' tree (`local - global` by
