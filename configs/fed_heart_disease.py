@@ -69,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.cohort.sampling = "uniform"
   config.cohort.poisson_rate = 0.0  # Used when sampling="poisson".
   config.cohort.clients_per_chunk = 0  # 0 runs the whole cohort at once.
+  # Devices to shard each round's cohort over: 0 or 1 runs on one device,
+  # N > 1 on the first N of jax.devices(). CPU runs can fake devices with
+  # XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts.
+  config.cohort.num_devices = 0
   config.cohort.weighting = "example"
 
   # Differential privacy; mode "none" trains without it. "client" is

@@ -24,6 +24,9 @@ and `algorithm.tail_fraction` (defaults in `fedtail.FedTailConfig`).
 `compression.uplink` and `compression.downlink` each name a compressor and
 its options (`fedjax_med.compression.registry`), applied by every
 FedAvg-family algorithm; an absent section means no compression.
+
+`cohort.num_devices` shards every round's cohort over the first that many
+devices (`fedjax_med.core.sharding.client_mesh`); 0 or 1 runs on one device.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from fedjax_med.algorithms import fedopt, fedprox, fedtail, scaffold
 from fedjax_med.algorithms.privacy_wiring import privacy_pieces
 from fedjax_med.algorithms.settings import CompressionConfig
 from fedjax_med.compression import registry as compression_registry
+from fedjax_med.core import sharding
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.losses import global_class_counts, make_loss
@@ -200,6 +204,7 @@ def build_algorithm(
     poisson_rate=cohort_section.get("poisson_rate") or None,
     clients_per_chunk=cohort_section.get("clients_per_chunk") or None,
     weighting=cohort_section.weighting,
+    mesh=sharding.client_mesh(cohort_section.get("num_devices", 0)),
   )
   aggregator, dp_sgd_config = privacy_pieces(config, model, data, cohort)
   client = fedavg_lib.ClientConfig(
