@@ -413,7 +413,7 @@ def build_fedavg_family(
       return ClientOutput(summed, per_client)
 
     summed, per_client = map_cohort(
-      client_fn, cohort_sample, cohort.clients_per_chunk
+      client_fn, cohort_sample, cohort.clients_per_chunk, cohort.mesh
     )
 
     # Aggregate, then step the server optimizer on the pseudo-gradient.

@@ -326,7 +326,9 @@ def build_second_order(
       }
       return ClientOutput(summed, ())
 
-    summed, _ = map_cohort(client_fn, cohort_sample, cohort.clients_per_chunk)
+    summed, _ = map_cohort(
+      client_fn, cohort_sample, cohort.clients_per_chunk, cohort.mesh
+    )
 
     # Server: average, then solve the d x d Newton system.
     total = summed["weight"]
@@ -353,7 +355,7 @@ def build_second_order(
         return ClientOutput({"weighted_losses": weight * losses_at}, ())
 
       candidates, _ = map_cohort(
-        candidate_fn, cohort_sample, cohort.clients_per_chunk
+        candidate_fn, cohort_sample, cohort.clients_per_chunk, cohort.mesh
       )
       risks = candidates["weighted_losses"] * inverse
       decrease = jnp.dot(gradient, direction)
