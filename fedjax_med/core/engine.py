@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_med.core import tree as tree_lib
+from fedjax_med.core.algorithm import RoundPieces
+from fedjax_med.core.client import ClientBatch
 from fedjax_med.core.sampling import Cohort
 
 PyTree = Any
@@ -112,3 +114,36 @@ def map_cohort(
     per_client,
   )
   return summed, per_client
+
+
+def compose_round(
+  pieces: RoundPieces, clients_per_chunk: int | None = None
+) -> Callable:
+  """Returns `run_round(state, data, rng)` built from a round's pieces.
+
+  The round is `pieces.begin`, then `pieces.client` for every cohort slot
+  under `map_cohort` (each slot reads its client's rows of `data.train` and
+  of the stacked state), then `pieces.end` on the sums.
+
+  Args:
+    pieces: The algorithm's server and client parts.
+    clients_per_chunk: Clients vmapped together (see `map_cohort`).
+  """
+
+  def run_round(state, data, rng):
+    data = jax.tree.map(jnp.asarray, data)  # Host arrays work unjitted too.
+    start = pieces.begin(state, rng)
+
+    def client_fn(client_id):
+      batch = ClientBatch(
+        x=data.train.x[client_id],
+        y=data.train.y[client_id],
+        num_examples=data.train.num_examples[client_id],
+      )
+      row = pieces.client_row(state, client_id)
+      return pieces.client(start.broadcast, batch, client_id, row)
+
+    summed, per_client = map_cohort(client_fn, start.cohort, clients_per_chunk)
+    return pieces.end(state, start, summed, per_client)
+
+  return run_round
