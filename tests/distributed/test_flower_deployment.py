@@ -1,7 +1,7 @@
 """A Flower deployment on 127.0.0.1 reproduces the simulation.
 
 One SuperLink and four SuperNodes, one per Fed-Heart-Disease hospital, run
-two FedAvg rounds of configs/fed_heart_disease.py through `flwr run`; the
+two FedAvg rounds of configs/fed_heart_disease.py through `flwr run`. The
 final model must equal the compiled simulation's with the same seed up to
 float32 rounding. Every Flower process runs with telemetry and the update
 check off, and the SuperLink installs nothing at run time (see

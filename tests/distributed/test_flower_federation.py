@@ -52,6 +52,7 @@ def test_sites_reproduce_simulation(algorithm):
     np.testing.assert_array_equal(batch.x, data.train.x[k])
     np.testing.assert_array_equal(batch.y, data.train.y[k])
     assert int(batch.num_examples) == int(data.train.num_examples[k])
+
   pieces = site_rounds.jit_pieces(world.pieces)
   rows = {k: pieces.client_row(world.state, np.int32(k)) for k in batches}
   state = world.state
@@ -69,6 +70,7 @@ def test_sites_reproduce_simulation(algorithm):
         records.record_to_tree(records.tree_to_record(out.summed), out.summed)
       )
     state, _ = pieces.end(state, start, site_rounds.sum_trees(summed), None)
+
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
     world.algorithm.global_variables(state),

@@ -66,6 +66,7 @@ def test_sites_match_compiled_round(name):
   rows = {k: pieces.client_row(server, np.int32(k)) for k in range(len(SIZES))}
   batches = _site_batches(data)
   run_round = jax.jit(algorithm.run_round)
+
   for r in range(4):
     key = jax.random.fold_in(KEY, r)
     simulated, expected = run_round(simulated, data, key)
@@ -74,6 +75,7 @@ def test_sites_match_compiled_round(name):
     )
     for metric in ("train_loss", "uplink_bytes", "cohort_examples"):
       np.testing.assert_allclose(metrics[metric], expected[metric], rtol=1e-5)
+
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
     (server.params, server.extra, server.opt_state),

@@ -1,9 +1,10 @@
 """The Flower ClientApp: one site's part of every round.
 
 Each SuperNode is one site. It names its client with `--node-config
-'partition-id=K'` (the index into the dataset's client names; for
-Fed-Heart-Disease 0 Cleveland, 1 Hungary, 2 Switzerland, 3 VA Long Beach)
-and may point at its own copy of the data with `data-path="/site/file"`.
+'partition-id=K'`, K being the index into the dataset's client names (for
+Fed-Heart-Disease: 0 Cleveland, 1 Hungary, 2 Switzerland, 3 VA Long
+Beach). It may point at its own copy of the data with
+`data-path="/site/file"`.
 The ClientApp loads only that site's rows (`sites.load_site_data`).
 
 Messages it answers:
@@ -48,15 +49,42 @@ def _load_site(msg: Message, context: Context):
     )
   client_id = int(context.node_config["partition-id"])
   data_path = context.node_config.get("data-path") or None
-  data = sites.load_site_data(config.data, client_id, data_path)
-  return config, client_id, data
+  pooled = bool(setup.get("simulation-data", False))
+  data = sites.load_site_data(config.data, client_id, data_path, pooled=pooled)
+  return config, client_id, data, pooled
+
+
+# Under Flower's simulation engine one process serves many messages; keep
+# the last world and its compiled pieces so that rounds do not recompile.
+# A deployment starts a new process per message, so there it is rebuilt.
+_WORLD_CACHE: dict = {}
+
+
+def _site_world(config, federation, federation_record, pooled):
+  key = (
+    config.to_json_best_effort(),
+    pooled,
+    tuple(
+      (name, federation_record[name].numpy().tobytes())
+      for name in sorted(federation_record.keys())
+    ),
+  )
+  if key not in _WORLD_CACHE:
+    _WORLD_CACHE.clear()
+    world = federation_lib.build_world(config, federation, pooled=pooled)
+    _WORLD_CACHE[key] = (
+      world,
+      jax.jit(world.pieces.client),
+      jax.jit(world.pieces.update_row),
+    )
+  return _WORLD_CACHE[key]
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
   """Replies with the aggregates of this site's training rows."""
-  config, client_id, data = _load_site(msg, context)
-  info = sites.dataset_info(config.data)
+  config, client_id, data, pooled = _load_site(msg, context)
+  info = sites.dataset_info(config.data, pooled=pooled)
   summary = federation_lib.summarize_site(client_id, data, info.num_classes)
   content = RecordDict({"summary": federation_lib.summary_to_record(summary)})
   return Message(content=content, reply_to=msg)
@@ -65,7 +93,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
   """Runs this site's client piece on the broadcast."""
-  config, client_id, data = _load_site(msg, context)
+  config, client_id, data, pooled = _load_site(msg, context)
   expected = int(msg.content["config"]["client-id"])
   if expected != client_id:
     raise ValueError(
@@ -73,7 +101,9 @@ def train(msg: Message, context: Context) -> Message:
       f"partition-id={client_id}; give every SuperNode its own partition-id."
     )
   federation = federation_lib.federation_from_record(msg.content["federation"])
-  world = federation_lib.build_world(config, federation)
+  world, client, update_row = _site_world(
+    config, federation, msg.content["federation"], pooled
+  )
   pieces = world.pieces
   batch = federation_lib.site_batch(config, data, federation)
 
@@ -86,8 +116,8 @@ def train(msg: Message, context: Context) -> Message:
   else:
     row = pieces.client_row(world.state, client_id_array)
 
-  out = jax.jit(pieces.client)(broadcast, batch, client_id_array, row)
-  row = jax.jit(pieces.update_row)(row, out.per_client)
+  out = client(broadcast, batch, client_id_array, row)
+  row = update_row(row, out.per_client)
   context.state[_ROW_KEY] = records.tree_to_record(row)
   logging.info(
     "Site %d trained round %d on %d rows.",

@@ -9,9 +9,9 @@ deviation. It sends the `Federation` with every training message, so the
 sites learn these aggregates and nothing else about each other.
 
 From the config and the `Federation` both ends build the same
-`FederatedData` skeleton (zero features, labels laid out to match each
-site's histogram, padded to the largest site), and from it the model and
-the algorithm exactly as `scripts/train.py` does (`build_model`,
+`FederatedData` skeleton: zero features, and labels laid out to match each
+site's histogram, padded to the largest site. From the skeleton they build
+the model and the algorithm as `scripts/train.py` does (`build_model`,
 `build_algorithm`). The skeleton only gives the algorithm its shapes, the
 population size and the global class counts that some losses use; no
 piece reads its features. Each site pads its own rows to the same size as
@@ -273,7 +273,10 @@ class World(NamedTuple):
 
 
 def build_world(
-  config: ml_collections.ConfigDict, federation: Federation
+  config: ml_collections.ConfigDict,
+  federation: Federation,
+  *,
+  pooled: bool = False,
 ) -> World:
   """Builds the model, algorithm and initial state as the simulation does.
 
@@ -289,7 +292,7 @@ def build_world(
   check_deployable(config)
   if config.get("float64", False):
     jax.config.update("jax_enable_x64", True)
-  info = sites.dataset_info(config.data)
+  info = sites.dataset_info(config.data, pooled=pooled)
   data = skeleton_data(info, federation)
   # As experiment.build_model, which would import the whole training loop
   # (orbax, matplotlib) into every short-lived ClientApp process.
@@ -323,13 +326,14 @@ def site_batch(
   data: sites.SiteData,
   federation: Federation,
 ) -> ClientBatch:
-  """Returns a site's training rows as the simulation holds them.
+  """Returns a site's training rows as the simulation stores them.
 
   Standardized with the federation's mean and standard deviation when
-  `config.data.standardize`, padded to `federation.capacity` rows.
+  `config.data.standardize` (unless the loader already did), and padded
+  to `federation.capacity` rows.
   """
   x, y = data.train
-  if config.data.get("standardize", False):
+  if config.data.get("standardize", False) and not data.standardized:
     x = apply_standardization(x, federation.mean, federation.std)
   arrays = stack_clients([(x, y)], max_examples=federation.capacity)
   features = arrays.x[0]

@@ -1,9 +1,10 @@
 """A local Flower federation on 127.0.0.1: one SuperLink, one SuperNode a site.
 
 `LoopbackFederation` starts `flower-superlink` and one `flower-supernode`
-per site as subprocesses, each with its own `FLWR_HOME` under a work
-directory and every port on 127.0.0.1, writes the CLI's connection file,
-runs an app with `flwr run` and reads the run's status with `flwr ls`. On
+per site as subprocesses. Each gets its own `FLWR_HOME` under a work
+directory, and every port is on 127.0.0.1. It writes the CLI's connection
+file, runs an app with `flwr run` and reads the run's status with
+`flwr ls`. On
 exit it stops every process it started and reaps them, including the
 detached `flower-superexec` children that the SuperLink and SuperNodes
 spawn in their own sessions.
@@ -81,7 +82,10 @@ def _wait_http_ok(url: str, timeout: float, process) -> None:
     except (urllib.error.URLError, ConnectionError, TimeoutError):
       pass
     time.sleep(0.1)
-  raise TimeoutError(f"{url} did not answer within {timeout:.0f} s.")
+  raise TimeoutError(
+    f"{url} did not return 200 within {timeout:.0f} s; see the SuperLink's "
+    "log in the work directory."
+  )
 
 
 def superexec_children(parents: list[int]) -> list[int]:
@@ -155,7 +159,7 @@ class LoopbackFederation:
     self.stop()
 
   def start(self) -> None:
-    """Starts the SuperLink, waits until it answers, starts the nodes."""
+    """Starts the SuperLink, waits for its health check, starts the nodes."""
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.port = free_port()
     link = self._start(

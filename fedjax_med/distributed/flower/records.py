@@ -52,7 +52,7 @@ def record_to_tree(record: ArrayRecord, template: PyTree) -> PyTree:
   unexpected = sorted(set(record.keys()) - set(expected))
   if unexpected:
     raise ValueError(
-      f"the record holds arrays {unexpected} that the template lacks; "
+      f"the record contains arrays {unexpected} missing from the template; "
       "both ends must build the same algorithm from the same config."
     )
   values = []

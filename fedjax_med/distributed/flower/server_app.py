@@ -9,13 +9,16 @@ names the experiment:
   * `num-sites`: SuperNodes to wait for, one per client of the dataset;
   * `out-dir`: where the final model and the metrics are written ("" for
     nowhere);
-  * `round-timeout`: seconds to wait for the sites' replies each round.
+  * `round-timeout`: seconds to wait for the sites' replies each round;
+  * `simulation-data`: false in a deployment. True lets every party load
+    the whole dataset and take its client's rows, for datasets without a
+    per-site loader under Flower's simulation engine (`simulation.py`).
 
-The loop: wait for the SuperNodes, ask each for its `SiteSummary`
-("query" message), add them up into a `Federation`, then every round run
-`pieces.begin` here, send the broadcast to the sampled sites ("train"
-messages), add up their `summed` replies in float64 in cohort order, and
-run `pieces.end` with no per-client rows, which stay at the sites. Keys,
+The loop waits for the SuperNodes, asks each for its `SiteSummary`
+("query" message) and adds them up into a `Federation`. Every round it runs
+`pieces.begin` here and sends the broadcast to the sampled sites ("train"
+messages). It adds up their `summed` replies in float64 in cohort order and
+runs `pieces.end` without per-client rows, which stay at the sites. Keys,
 initial state and round keys follow the simulation (`World`), so the same
 config and seed give the simulation's parameters up to float32 rounding.
 """
@@ -105,7 +108,15 @@ def _write_results(out_dir: str, variables, history: list[dict]) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
   """Runs `config.num_rounds` rounds of the configured algorithm."""
-  run_config = context.run_config
+  run_server(grid, context.run_config)
+
+
+def run_server(grid: Grid, run_config: dict) -> list[dict]:
+  """Runs the rounds that `run_config` names over the grid's SuperNodes.
+
+  Returns:
+    Each round's metrics, with its wall-clock "seconds".
+  """
   config = federation_lib.load_config(
     str(run_config["config-path"]),
     str(run_config.get("config-overrides", "")),
@@ -114,10 +125,12 @@ def main(grid: Grid, context: Context) -> None:
   num_sites = int(run_config.get("num-sites", 4))
   timeout = float(run_config.get("round-timeout", 300))
   out_dir = str(run_config.get("out-dir", ""))
+  pooled = bool(run_config.get("simulation-data", False))
   setup = ConfigRecord(
     {
       "config-path": str(run_config["config-path"]),
       "config-overrides": str(run_config.get("config-overrides", "")),
+      "simulation-data": pooled,
     }
   )
 
@@ -138,7 +151,7 @@ def main(grid: Grid, context: Context) -> None:
     node_of[summary.client_id] = reply.metadata.src_node_id
     summaries.append(summary)
   federation = federation_lib.federate(summaries, num_sites)
-  world = federation_lib.build_world(config, federation)
+  world = federation_lib.build_world(config, federation, pooled=pooled)
   pieces = site_rounds.jit_pieces(world.pieces)
   template = _summed_template(world, federation)
   federation_record = federation_lib.federation_to_record(federation)
@@ -196,3 +209,4 @@ def main(grid: Grid, context: Context) -> None:
 
   if out_dir:
     _write_results(out_dir, world.algorithm.global_variables(state), history)
+  return history

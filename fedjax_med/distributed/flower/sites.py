@@ -2,26 +2,32 @@
 
 In simulation a loader returns every client's rows at once. In a deployment
 each site calls `load_site_data` for its own client id and nothing else;
-`dataset_info` holds what every party knows about the dataset without
-reading it (client names, features, classes).
+`dataset_info` returns the metadata every party has without reading
+any rows (client names, features, classes).
 
 Only Fed-Heart-Disease has a per-site loader so far. Another dataset needs
-an entry in `_INFO` and a branch in `load_site_data` that reads one site's
-local files.
+a branch in `dataset_info` and `load_site_data` that reads one site's local
+files. Under Flower's simulation engine every client runs in one machine
+anyway, and `pooled=True` loads any dataset of `fedjax_med.data.registry`
+whole and takes one client's rows, as the simulation holds them.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import NamedTuple
 
 import ml_collections
 import numpy as np
 
 from fedjax_med.data import heart_disease
+from fedjax_med.data.federated_data import FederatedData
+from fedjax_med.data.registry import load_dataset
 
 
 class DatasetInfo(NamedTuple):
-  """What every party knows about a dataset before reading any rows.
+  """Metadata of a dataset that every party has before reading any rows.
 
   Attributes:
     name: The dataset's name, as `config.data.name`.
@@ -45,10 +51,13 @@ class SiteData(NamedTuple):
     train: `(x, y)` with features `[n, *feature_shape]` (float64) and
       int32 labels `[n]`.
     test: `(x, y)` of the held-out rows.
+    standardized: Whether the loader already standardized the features
+      (the pooled loaders do it with every client's statistics).
   """
 
   train: tuple[np.ndarray, np.ndarray]
   test: tuple[np.ndarray, np.ndarray]
+  standardized: bool = False
 
 
 SITE_DATASETS = ("fed_heart_disease",)
@@ -63,12 +72,38 @@ def _check_dataset(name: str) -> None:
     )
 
 
-def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+@functools.lru_cache(maxsize=1)
+def _load_pooled(data_json: str) -> FederatedData:
+  options = ml_collections.ConfigDict(json.loads(data_json)).to_dict()
+  return load_dataset(options.pop("name"), **options)
+
+
+def _pooled(data_config: ml_collections.ConfigDict) -> FederatedData:
+  return _load_pooled(data_config.to_json())
+
+
+def dataset_info(
+  data_config: ml_collections.ConfigDict, *, pooled: bool = False
+) -> DatasetInfo:
   """Returns the metadata of `config.data`'s dataset.
 
+  Args:
+    data_config: The experiment's `config.data`.
+    pooled: Read the metadata from the whole dataset (simulation only).
+
   Raises:
-    ValueError: If the dataset has no per-site loader.
+    ValueError: If the dataset has no per-site loader and `pooled` is
+      False.
   """
+  if pooled:
+    data = _pooled(data_config)
+    return DatasetInfo(
+      name=data.name,
+      client_names=tuple(data.client_names),
+      feature_names=tuple(data.feature_names),
+      feature_shape=tuple(data.feature_shape),
+      num_classes=data.num_classes,
+    )
   _check_dataset(data_config.name)
   target = data_config.get("target", "binary")
   return DatasetInfo(
@@ -84,6 +119,8 @@ def load_site_data(
   data_config: ml_collections.ConfigDict,
   client_id: int,
   csv_path: str | None = None,
+  *,
+  pooled: bool = False,
 ) -> SiteData:
   """Loads only site `client_id`'s rows of `config.data`'s dataset.
 
@@ -92,17 +129,27 @@ def load_site_data(
     client_id: The site's index in `DatasetInfo.client_names`.
     csv_path: A local copy of the site's data file, if the default one
       does not apply (Fed-Heart-Disease: `heart_disease_uci.csv`).
+    pooled: Load the whole dataset and take this client's rows, already
+      standardized by the loader (simulation only: it reads every
+      client's rows).
 
   Raises:
     ValueError: If the dataset has no per-site loader or `client_id` is
       out of range.
   """
-  info = dataset_info(data_config)
+  info = dataset_info(data_config, pooled=pooled)
   if not 0 <= client_id < len(info.client_names):
     raise ValueError(
       f"partition-id={client_id} is out of range for {info.name}, whose "
       f"sites are 0..{len(info.client_names) - 1} {info.client_names}; "
       "start the SuperNode with --node-config 'partition-id=K'."
+    )
+  if pooled:
+    data = _pooled(data_config)
+    return SiteData(
+      train=data.train.client(client_id),
+      test=data.test.client(client_id),
+      standardized=True,
     )
   splits = heart_disease.load_site(
     info.client_names[client_id],
