@@ -35,6 +35,11 @@ EXTRAS_REQUIRE = {
     "importlib_resources>=6.0",
     "pillow>=10.0",
   ],
+  # Real deployment across sites (fedjax_med.distributed.flower) and
+  # Flower's simulation engine for the benchmark; flwr needs Python 3.11.
+  "flower": [
+    "flwr[simulation]==1.42.0; python_version>='3.11'",
+  ],
   "test": [
     "pytest>=8.0",
     "pytest-xdist>=3.5",

@@ -20,7 +20,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   echo "Installing fedjax_med and its dependencies into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" \
-    -e "$root[test,tfds]"
+    -e "$root[test,tfds,flower]"
   echo "$wanted" > "$stamp"
 fi
 

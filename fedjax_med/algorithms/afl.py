@@ -178,7 +178,7 @@ def afl(
     }
     return state, metrics
 
-  return algorithm._replace(run_round=run_round)
+  return algorithm._replace(run_round=run_round, pieces=None)
 
 
 def from_config(

@@ -82,18 +82,25 @@ def init_state(config: CompressionConfig, params, num_clients: int):
   return {"uplink": uplink, "downlink": downlink}
 
 
+def broadcast_bytes(config: CompressionConfig, params) -> int:
+  """Returns the payload bytes of one client's copy of the broadcast."""
+  if is_identity(config.downlink):
+    return payload_bytes(shapes_of(params))
+  return config.downlink.num_bytes(shapes_of(params))
+
+
 def broadcast(config: CompressionConfig, params, state, key):
   """Returns `(model the clients receive, new downlink state, bytes)`.
 
   `bytes` is the payload of one client's copy, a Python int.
   """
   if is_identity(config.downlink):
-    return params, state, payload_bytes(shapes_of(params))
+    return params, state, broadcast_bytes(config, params)
   change = otu.tree_sub(params, state["model"])
   payload, inner = config.downlink.compress(key, change, state["state"])
   received = otu.tree_add(state["model"], config.downlink.decompress(payload))
   received = jax.tree.map(lambda r, p: r.astype(p.dtype), received, params)
-  num_bytes = config.downlink.num_bytes(shapes_of(params))
+  num_bytes = broadcast_bytes(config, params)
   return received, {"model": received, "state": inner}, num_bytes
 
 

@@ -381,7 +381,7 @@ def fedalign(
     )
     return inner.run_round(state._replace(extra=pool), data, rng)
 
-  return inner._replace(run_round=run_round)
+  return inner._replace(run_round=run_round, pieces=None)
 
 
 def config_from_section(section: ml_collections.ConfigDict) -> FedAlignConfig:

@@ -233,7 +233,7 @@ def fedvr(
     state = state._replace(extra=mean_generated_model(state))
     return base.run_round(state, data, rng)
 
-  return algorithm._replace(run_round=run_round)
+  return algorithm._replace(run_round=run_round, pieces=None)
 
 
 _PRIVACY_MESSAGE = {

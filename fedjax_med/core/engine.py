@@ -26,6 +26,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from fedjax_med.core import tree as tree_lib
+from fedjax_med.core.algorithm import RoundPieces
+from fedjax_med.core.client import ClientBatch
 from fedjax_med.core.sampling import Cohort
 
 PyTree = Any
@@ -176,3 +178,41 @@ def _scan_chunks(
     lambda leaf: leaf.reshape(padded, *leaf.shape[2:]), per_client
   )
   return summed, per_client
+
+
+def compose_round(
+  pieces: RoundPieces,
+  clients_per_chunk: int | None = None,
+  mesh: Mesh | None = None,
+) -> Callable:
+  """Returns `run_round(state, data, rng)` built from a round's pieces.
+
+  The round is `pieces.begin`, then `pieces.client` for every cohort slot
+  under `map_cohort` (each slot reads its client's rows of `data.train` and
+  of the stacked state), then `pieces.end` on the sums.
+
+  Args:
+    pieces: The algorithm's server and client parts.
+    clients_per_chunk: Clients vmapped together (see `map_cohort`).
+    mesh: The mesh that splits the cohort's slots (see `map_cohort`).
+  """
+
+  def run_round(state, data, rng):
+    data = jax.tree.map(jnp.asarray, data)  # Host arrays work unjitted too.
+    start = pieces.begin(state, rng)
+
+    def client_fn(client_id):
+      batch = ClientBatch(
+        x=data.train.x[client_id],
+        y=data.train.y[client_id],
+        num_examples=data.train.num_examples[client_id],
+      )
+      row = pieces.client_row(state, client_id)
+      return pieces.client(start.broadcast, batch, client_id, row)
+
+    summed, per_client = map_cohort(
+      client_fn, start.cohort, clients_per_chunk, mesh
+    )
+    return pieces.end(state, start, summed, per_client)
+
+  return run_round

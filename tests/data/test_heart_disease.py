@@ -196,3 +196,18 @@ def test_duplicate_patient_raises(monkeypatch):
   monkeypatch.setattr(heart_disease, "read_verified_csv", lambda _: doubled)
   with pytest.raises(ValueError, match="patient id 1 occurs more than once"):
     heart_disease.load_fed_heart_disease()
+
+
+def test_load_site_equals_its_rows_of_all_sites(raw_data):
+  data = raw_data
+  for k, site in enumerate(heart_disease.CLIENT_NAMES):
+    splits = heart_disease.load_site(site)
+    for split, arrays in ((splits.train, data.train), (splits.test, data.test)):
+      x, y = arrays.client(k)
+      np.testing.assert_array_equal(split[0].astype(np.float32), x)
+      np.testing.assert_array_equal(split[1], y)
+
+
+def test_load_site_rejects_unknown_site():
+  with pytest.raises(ValueError, match="'Basel'"):
+    heart_disease.load_site("Basel")
