@@ -5,9 +5,9 @@ W. Chen, "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022,
 arXiv:2106.09685. A frozen dense layer `y = x W + b` gains a trainable
 low-rank term, `y = x W + b + (alpha / r) x A B`, with `A: [d_in, r]` drawn
 at random and `B: [r, d_out]` zero, so the adapted layer equals the
-pretrained one until `B` moves. `A` is initialized like PyTorch's
-`kaiming_uniform_(a=sqrt(5))`, as the authors' loralib does; the paper
-says only "random Gaussian". LoRA dropout is not applied.
+pretrained one until `B` moves. `A` is drawn as PyTorch draws a Linear
+weight (`kaiming_uniform_(a=sqrt(5))`), where the paper specifies a random
+Gaussian. LoRA dropout is not applied.
 
 SCL (a reconstruction): N. Mahla, S. Gupta, A. Sethi, "Sequential
 Compression Layers for Efficient Federated Learning in Foundational

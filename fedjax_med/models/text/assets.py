@@ -165,7 +165,7 @@ def tokenize(sentences: Sequence[str], max_length: int) -> np.ndarray:
     max_length: Tokens per sentence after truncation and padding.
 
   Returns:
-    float32 array `[num_sentences, 2, max_length]`: row 0 holds the token
+    float32 array `[num_sentences, 2, max_length]`: row 0 contains the token
     ids and row 1 the attention mask (1 for real tokens, 0 for padding).
     The ids are below 2**24, so float32 stores them exactly; this lets the
     tokens travel in `FederatedData`, whose features are float32.

@@ -6,9 +6,9 @@ prompts, SCL's `W1` and `W2`) and the classification head. The pretrained
 weights are a constant that `apply` closes over, the same on every site
 because each site reads the same checkpoint. So the FedAvg family trains,
 clips, noises, securely sums, compresses and counts in bytes only the
-trainable leaves, with no special case: the frozen weights are neither in
-the delta, nor in the non-trainable model state (which rounds average and
-count), nor in checkpoints. With `peft.method="full"` every weight is in
+trainable leaves, with no special case. The frozen weights are not in the
+delta, not in the non-trainable model state (which rounds average and
+count) and not in checkpoints. With `peft.method="full"` every weight is in
 `params` and nothing is frozen, the baseline for byte counts.
 
 NOTE: jit embeds closed-over arrays into the compiled program as constants,

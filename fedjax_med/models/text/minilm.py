@@ -47,7 +47,7 @@ LORA_TARGETS = (
 
 @dataclasses.dataclass(frozen=True)
 class PEFTConfig:
-  """Which parameters of the encoder are adapted and trained.
+  """The fine-tuning method: the adapters inserted and the leaves trained.
 
   Attributes:
     method: "full" trains every weight; "lora", "prompt" and "scl" freeze
@@ -222,8 +222,10 @@ class MiniLMEncoder(nn.Module):
     summed = jnp.einsum("btd,bt->bd", tokens, mask)
     counts = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1e-9)
     pooled = summed / counts
-    norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-    return pooled / jnp.maximum(norm, 1e-12)
+    # max(||p||, 1e-12) as torch's normalize, written so that its gradient
+    # stays finite on padding rows, whose pooled vector is zero.
+    squared = jnp.sum(pooled**2, axis=-1, keepdims=True)
+    return pooled / jnp.sqrt(jnp.maximum(squared, 1e-24))
 
 
 def split_tokens(x: jax.Array) -> tuple[jax.Array, jax.Array]:
