@@ -264,14 +264,14 @@ def main(argv):
         f"{run['seconds_per_round']:.2f} s/round ({run['seconds']:.1f} s)",
         flush=True,
       )
-    results[method] = {
-      "config": method_config(method, _QUICK.value).to_dict(),
-      "runs": runs,
-    }
-    # Written after every method, so a stopped run keeps what it finished.
-    metadata, table, total_seconds = _write(
-      output, command, seeds, results, time.perf_counter() - start
-    )
+      results[method] = {
+        "config": method_config(method, _QUICK.value).to_dict(),
+        "runs": runs,
+      }
+      # Written after every run, so a stopped run keeps what it finished.
+      metadata, table, total_seconds = _write(
+        output, command, seeds, results, time.perf_counter() - start
+      )
 
   machine = metadata["machine"]
   print()
