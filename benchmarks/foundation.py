@@ -32,6 +32,7 @@ Run from the repository root:
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shlex
@@ -82,6 +83,12 @@ _OUTPUT = flags.DEFINE_string(
   "output",
   "benchmarks/results/foundation.json",
   "Path of the JSON results file.",
+)
+_RESUME = flags.DEFINE_bool(
+  "resume",
+  False,
+  "Keep the runs already in --output and train only the (method, seed) "
+  "pairs it lacks.",
 )
 _QUICK = flags.DEFINE_bool(
   "quick",
@@ -220,7 +227,7 @@ def _resolve_options() -> tuple[list[str], list[int], int | None]:
   return methods, seeds, num_rounds
 
 
-def _write(output, command, seeds, results, total_seconds):
+def _write(output, command, results, total_seconds):
   table = format_table(results)
   metadata = run_metadata.collect_metadata(
     command, (*run_metadata.DEFAULT_PACKAGES, "safetensors", "tokenizers")
@@ -230,7 +237,9 @@ def _write(output, command, seeds, results, total_seconds):
     {
       "metadata": metadata,
       "quick": _QUICK.value,
-      "seeds": seeds,
+      "seeds": sorted(
+        {run["seed"] for r in results.values() for run in r["runs"]}
+      ),
       "results": results,
       "table": table,
       "total_seconds": total_seconds,
@@ -250,9 +259,15 @@ def main(argv):
   output = os.path.abspath(_OUTPUT.value)
   os.makedirs(os.path.dirname(output), exist_ok=True)
   results = {}
+  if _RESUME.value and os.path.exists(output):
+    with open(output) as f:
+      results = json.load(f)["results"]
   for method in methods:
-    runs = []
+    runs = results.get(method, {}).get("runs", [])
+    done = {run["seed"] for run in runs}
     for seed in seeds:
+      if seed in done:
+        continue
       run_start = time.perf_counter()
       run = run_once(method, seed, num_rounds, _QUICK.value)
       run["seconds"] = time.perf_counter() - run_start
@@ -269,9 +284,10 @@ def main(argv):
         "runs": runs,
       }
       # Written after every run, so a stopped run keeps what it finished.
-      metadata, table, total_seconds = _write(
-        output, command, seeds, results, time.perf_counter() - start
-      )
+      _write(output, command, results, time.perf_counter() - start)
+  metadata, table, total_seconds = _write(
+    output, command, results, time.perf_counter() - start
+  )
 
   machine = metadata["machine"]
   print()
