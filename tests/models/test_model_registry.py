@@ -14,7 +14,7 @@ def _param_shapes(model, feature_shape):
 
 
 def test_model_names():
-  assert MODEL_NAMES == ("logistic_regression", "mlp", "cnn")
+  assert MODEL_NAMES == ("logistic_regression", "mlp", "cnn", "minilm")
 
 
 @pytest.mark.parametrize("num_classes,num_outputs", [(2, 1), (3, 3), (10, 10)])
@@ -76,7 +76,7 @@ def test_haiku_mlp_options_reach_module():
     (
       {"name": "resnet"},
       r"Unknown model 'resnet'; use one of \('logistic_regression', 'mlp', "
-      r"'cnn'\)",
+      r"'cnn', 'minilm'\)",
     ),
     ({"library": "jax"}, r"Unknown library 'jax'; use one of \('flax'"),
     (
