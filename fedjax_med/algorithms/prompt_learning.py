@@ -1,17 +1,19 @@
 """Federated prompt learning: FedAvg over prompts of a frozen dual encoder.
 
-References: PromptFL (T. Guo, S. Guo, J. Wang, X. Tang, W. Xu, "PromptFL:
-Let Federated Participants Cooperatively Learn Prompts Instead of Models",
-IEEE Transactions on Mobile Computing 2023, arXiv:2208.11625) runs FedAvg
-on CoOp's context; FedTPG (C. Qiu et al., "Text-driven Prompt Generation
-for Vision-Language Models in Federated Learning", ICLR 2024,
-arXiv:2310.06123) runs it on a prompt generator's weights.
+Reference: C. Qiu, X. Li, C. K. Mummadi, M. R. Ganesh, Z. Li, L. Peng,
+W.-Y. Lin, "Text-driven Prompt Generation for Vision-Language Models in
+Federated Learning", ICLR 2024, arXiv:2310.06123. FedTPG runs FedAvg on a
+prompt generator's weights, and FedAvg on CoOp's context vectors is the
+simpler federated baseline. Both are this round with a different
+`PromptLearner`.
 
 Every client trains the learner's parameters on its own images with the
 towers frozen, and the server averages them. The round is the FedAvg family
 round on `prompt_model`, whose `variables["params"]` holds only the prompt
 parameters, so uplink and downlink bytes count exactly those parameters, and
 clipping, noise, secure aggregation and compression act on them alone.
+A learner with a `penalty` (the generator's redundancy term) gets it added
+to every local step's loss through the round's regularizer hook.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fedjax_med.algorithms.fedavg import ClientConfig, CohortConfig, fedavg
+import optax
+
+from fedjax_med.algorithms.fedavg import (
+  ClientConfig,
+  ClientHooks,
+  CohortConfig,
+  build_fedavg_family,
+)
 from fedjax_med.core.aggregation import Aggregator
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.models.base import Model
@@ -62,12 +71,22 @@ def federated_prompt_learning(
     `prompt_model` over the same learner.
   """
   model = prompt_model(encoder, encoder_params, learner, class_names)
-  algorithm = fedavg(
+  hooks = None
+  if learner.penalty is not None:
+    tokens = learner.prepare(class_names)
+
+    def regularizer(global_params, client_state, extra):
+      del global_params, client_state, extra
+      return lambda params: learner.penalty(params, tokens)
+
+    hooks = ClientHooks(regularizer=regularizer)
+  algorithm = build_fedavg_family(
     model,
     num_clients,
     client=client,
     cohort=cohort,
-    server_learning_rate=server_learning_rate,
+    server_optimizer=optax.sgd(server_learning_rate),
+    hooks=hooks,
     aggregator=aggregator,
     dataset_name=dataset_name,
   )

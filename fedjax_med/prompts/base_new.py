@@ -1,11 +1,11 @@
 """Base-to-new evaluation: train prompts on some classes, test on others.
 
-The protocol of CoOp's successors (CoCoOp, arXiv:2203.05557) and FedTPG:
-prompts are learned on the base classes and then classify, with the same
-prompts, images of base classes among base classes and images of new
-classes among new classes. The harmonic mean `2 b n / (b + n)` of the two
-accuracies rewards prompts that fit the base classes without losing the
-zero-shot transfer to unseen ones.
+The protocol of FedTPG (C. Qiu et al., ICLR 2024, arXiv:2310.06123) and
+other prompt learners after CoOp: prompts are learned on the base classes
+and then classify, with the same prompts, images of base classes among
+base classes and images of new classes among new classes. The harmonic
+mean `2 b n / (b + n)` of the two accuracies rewards prompts that fit the
+base classes without losing the zero-shot transfer to unseen ones.
 """
 
 from __future__ import annotations
@@ -63,6 +63,18 @@ def select_classes(
   )
 
 
+def _fill_padding(split: ClientArrays) -> ClientArrays:
+  # Padding rows repeat the client's real rows cyclically, so a learner
+  # that reads batch statistics (the generator's style option) sees the
+  # client's images only. Metrics still skip them through the mask.
+  x = np.array(split.x)
+  for k in range(split.num_clients):
+    n = int(split.num_examples[k])
+    if 0 < n < x.shape[1]:
+      x[k, n:] = x[k, np.arange(x.shape[1] - n) % n]
+  return split.replace(x=x)
+
+
 def harmonic_mean(base: float, new: float) -> float:
   """Returns `2 b n / (b + n)`, or 0 when both are 0."""
   if base + new <= 0:
@@ -106,7 +118,7 @@ def evaluate_base_new(
     result[key] = evaluate(
       make_predict_fn(model),
       {"params": prompt_params},
-      subset.test,
+      _fill_padding(subset.test),
       subset.client_names,
     )
   result["harmonic_mean"] = harmonic_mean(

@@ -124,11 +124,16 @@ def coop(
       num_context=config.num_context,
     )
 
+  def context(params, tokens: ClassTokens, image_features):
+    del tokens, image_features  # The context is the same for every image.
+    return params["context"]
+
   def text_features(params, tokens: ClassTokens, image_features):
-    del image_features  # The context is the same for every image.
     embeddings, mask = insert_context(
-      tokens.embeddings, tokens.mask, params["context"]
+      tokens.embeddings, tokens.mask, context(params, tokens, image_features)
     )
     return encoder.encode_text_from_embeddings(encoder_params, embeddings, mask)
 
-  return PromptLearner(init=init, prepare=prepare, text_features=text_features)
+  return PromptLearner(
+    init=init, prepare=prepare, text_features=text_features, context=context
+  )

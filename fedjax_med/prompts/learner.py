@@ -56,11 +56,18 @@ class PromptLearner(NamedTuple):
     text_features: `(params, class_tokens, image_features [batch,
       embed_dim]) -> [num_classes, embed_dim]`, L2-normalized. Learners
       that do not read the batch ignore `image_features`.
+    context: Optional `(params, class_tokens, image_features) -> context`
+      of shape `[num_context, token_width]` (or with a leading class axis),
+      the vectors `text_features` inserts.
+    penalty: Optional `(params, class_tokens) -> scalar` added to every
+      local step's loss in federated training, or None.
   """
 
   init: Callable[[jax.Array], PyTree]
   prepare: Callable[[Sequence[str]], ClassTokens]
   text_features: Callable[[PyTree, ClassTokens, jax.Array], jax.Array]
+  context: Callable[[PyTree, ClassTokens, jax.Array], jax.Array] | None = None
+  penalty: Callable[[PyTree, ClassTokens], jax.Array] | None = None
 
 
 def prepare_class_tokens(

@@ -62,7 +62,7 @@ def test_zero_context_equals_zero_shot(towers):
   model = prompt_model(encoder, params, learner, NAMES)
   variables = model.init(KEY, None)
   assert variables["params"]["context"].shape == (0, encoder.token_width)
-  logits, _ = model.apply(variables, _images(5))
+  logits, _ = jax.jit(model.apply)(variables, _images(5))
   expected = dual.zero_shot_logits(encoder, params, _images(5), NAMES, "{}.")
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-4)
 
