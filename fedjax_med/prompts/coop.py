@@ -13,12 +13,12 @@ Choices:
   * The context sits at the front of the sequence, right after the start
     token ("end" class token position, CoOp's default). The "middle" and
     "front" positions of the paper are not implemented.
-  * `num_context=4` by default (CoOp reports 4 and 16, and FedTPG uses 4),
-    because the small text tower has 16 positions.
-  * Unified context (one `[M, width]` tree for all classes) is the default,
-    as in CoOp's base-to-new experiments. `class_specific=True` learns
-    `[num_classes, M, width]`; it cannot classify classes it was not
-    trained on.
+  * `num_context=4` by default (FedTPG's default; CoOp's main experiments
+    use 16), because the small text tower has 16 positions.
+  * Unified context (one `[M, width]` tree for all classes) is the
+    default, because it is the kind that transfers to new classes.
+    `class_specific=True` learns `[num_classes, M, width]`; it cannot
+    classify classes it was not trained on.
   * `init_words=None` draws the context from N(0, 0.02^2) as CoOp's random
     initialization does. A string such as "a photo of the digit" starts
     from those words' embeddings, which makes the untrained prompt equal
