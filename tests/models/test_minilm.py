@@ -63,6 +63,20 @@ def test_embeddings_ignore_padding_length(reference, pretrained):
   np.testing.assert_allclose(short, long, atol=1e-5)
 
 
+def test_inputs_embeds_match_ids(reference, pretrained):
+  ids, mask = split_tokens(
+    jnp.asarray(assets.tokenize(reference["sentences"], 24))
+  )
+  table = pretrained["embeddings"]["word_embeddings"]["embedding"]
+  encoder = MiniLMEncoder(num_layers=2)
+  variables = {"params": pretrained}
+  from_ids = jax.jit(encoder.apply)(variables, ids, mask)
+  from_embeddings = jax.jit(encoder.apply)(
+    variables, None, mask, jnp.asarray(table)[ids]
+  )
+  np.testing.assert_allclose(from_embeddings, from_ids, atol=1e-6)
+
+
 def test_truncation_keeps_fixed_length():
   x = assets.tokenize(["word " * 100], max_length=16)
   assert x.shape == (1, 2, 16)

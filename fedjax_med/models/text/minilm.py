@@ -166,11 +166,20 @@ class Embeddings(nn.Module):
   hidden_size: int = assets.HIDDEN_SIZE
 
   @nn.compact
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    length = ids.shape[1]
-    words = nn.Embed(
+  def __call__(
+    self, ids: jax.Array | None, inputs_embeds: jax.Array | None = None
+  ) -> jax.Array:
+    """Embeds ids `[batch, seq_len]`, or word embeddings given directly.
+
+    `inputs_embeds [batch, seq_len, hidden_size]` replaces the word
+    embedding lookup of `ids` (which may then be None); position and
+    token-type embeddings and the LayerNorm are applied to both alike.
+    """
+    word_embeddings = nn.Embed(
       assets.VOCAB_SIZE, self.hidden_size, name="word_embeddings"
-    )(ids)
+    )
+    words = word_embeddings(ids) if inputs_embeds is None else inputs_embeds
+    length = words.shape[1]
     positions = nn.Embed(
       assets.MAX_POSITIONS, self.hidden_size, name="position_embeddings"
     )(jnp.arange(length)[None, :])
@@ -196,10 +205,20 @@ class MiniLMEncoder(nn.Module):
   num_layers: int = assets.NUM_LAYERS
 
   @nn.compact
-  def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    """Maps ids and mask `[batch, seq_len]` to embeddings `[batch, 384]`."""
+  def __call__(
+    self,
+    ids: jax.Array | None,
+    mask: jax.Array,
+    inputs_embeds: jax.Array | None = None,
+  ) -> jax.Array:
+    """Maps ids and mask `[batch, seq_len]` to embeddings `[batch, 384]`.
+
+    `inputs_embeds [batch, seq_len, 384]`, when given, replaces the word
+    embeddings of `ids` (as in Hugging Face's BERT), so learned vectors such
+    as CoOp's context can stand in for tokens.
+    """
     mask = mask.astype(jnp.float32)
-    hidden = Embeddings(name="embeddings")(ids)
+    hidden = Embeddings(name="embeddings")(ids, inputs_embeds)
     num_prompts = 0
     if self.peft.method == "prompt":
       num_prompts = self.peft.num_prompts
