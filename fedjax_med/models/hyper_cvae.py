@@ -18,9 +18,9 @@ Client i owns a private encoder `q_psi_i(z | x, y)` and a private code
   * "prior_head" and "label_embedding": `g_omega(c, e(y))`, which outputs
     the class prior `(mu_{i,y}, log sigma_{i,y})`, and the table `e(y)`.
 
-The paper leaves open which parameters live in Phi; this module puts the
-base decoder, the prior head and the label embedding there, because they are
-class-level structure that every client's generator needs.
+The paper leaves open which parameters live in Phi. This module puts the
+base decoder, the prior head and the label embedding there, because every
+client's generator needs that class-level structure.
 
 Conventions: kernels are `[in, out]` (flax), so `diag(d) W` with `W` of
 shape `[out, in]` is `kernel * d[None, :]`. The row scales are `1 + raw`,
@@ -71,7 +71,7 @@ class CVAEConfig(NamedTuple):
 
 
 class HyperOutputs(NamedTuple):
-  """What the hypernetwork generates from one code (or a mixture of codes).
+  """Generated outputs of one code, or of a mixture of codes.
 
   Attributes:
     row_scales: One `[r_l]` array per decoder layer, `d_l(v)`.
@@ -358,7 +358,7 @@ def lipschitz_penalty(phi) -> jax.Array:
   """Returns the sum of squared spectral norms of the hypernetworks' kernels.
 
   The product of the layers' spectral norms bounds the Lipschitz constant of
-  a ReLU MLP, so this penalty stands in for the paper's `R_Lip`. The norms
+  a ReLU MLP, so this penalty replaces the paper's `R_Lip`. The norms
   come from power iteration: `jnp.linalg.norm(ord=2)`, an SVD, stalled the
   compiled round on XLA:CPU (jax 0.10.2) under vmap over examples.
   """

@@ -15,6 +15,7 @@ from fedjax_med.losses import mmd as mmd_lib
 from fedjax_med.models import hyper_cvae
 from fedjax_med.privacy import dp_sgd
 from fedjax_med.training import privacy_budget
+from fedjax_med.training.checkpoint import Checkpointer
 
 KEY = jax.random.PRNGKey(0)
 SMALL = hyper_cvae.CVAEConfig(
@@ -148,7 +149,9 @@ def test_decoder_is_row_scaled():
   weights = model.decoder_weights(phi, outputs)
   for index, (kernel, bias) in enumerate(weights):
     base = phi["decoder"][f"layer_{index}"]
-    w = np.asarray(base["kernel"]).T  # [out, in], the paper's W_l.
+    w = np.asarray(
+      base["kernel"]
+    ).T  # [out, in], the W_l of W_l(v) = diag(d_l(v)) W_l.
     d = np.asarray(outputs.row_scales[index])
     assert not np.allclose(d, 1.0)
     np.testing.assert_allclose(np.asarray(kernel).T, np.diag(d) @ w, rtol=1e-6)
@@ -228,26 +231,37 @@ def test_server_receives_only_phi_delta():
 
 
 @pytest.mark.slow
-def test_round_compiles_once_and_trains_clients():
+def test_round_compiles_once_and_resumes(tmp_path):
   data = _toy_data()
   dp = dp_sgd.DPSGDConfig(clip_norm=1.0, noise_multiplier=1.0)
   built = _build(data, dp=dp)
-  state = built.algorithm.init(KEY, {})
+  initial = built.algorithm.init(KEY, {})
   round_fn = jax.jit(built.algorithm.run_round)
-  before = state
+  state = initial
   for r in range(3):
     state, metrics = round_fn(state, data, jax.random.fold_in(KEY, r))
   assert round_fn._cache_size() == 1
   assert np.isfinite(float(metrics["train_loss"]))
   assert int(state.round) == 3
-  moved = jax.tree.map(
-    lambda a, b: float(jnp.max(jnp.abs(a - b))),
-    state.client_states["code"],
-    before.client_states["code"],
+  moved = jnp.max(
+    jnp.abs(state.client_states["code"] - initial.client_states["code"])
   )
-  assert moved > 0
+  assert float(moved) > 0
   params = built.algorithm.global_variables(state)["params"]
   assert params["Dense_0"]["kernel"].shape == (5, 3)
+
+  # Checkpoint after one round, restore into a fresh state, run two more.
+  resumed, _ = round_fn(initial, data, jax.random.fold_in(KEY, 0))
+  checkpointer = Checkpointer(str(tmp_path))
+  checkpointer.save(1, resumed, KEY, {})
+  restored, _ = checkpointer.restore(1, built.algorithm.init(KEY, {}), KEY)
+  checkpointer.close()
+  for r in (1, 2):
+    restored, _ = round_fn(restored, data, jax.random.fold_in(KEY, r))
+  for a, b in zip(
+    jax.tree.leaves(restored), jax.tree.leaves(state), strict=True
+  ):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_statistics_match_numpy_without_noise():
