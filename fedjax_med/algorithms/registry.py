@@ -79,6 +79,7 @@ _MODULE_ALGORITHMS = {
   "newton": "fedjax_med.algorithms.newton",
   "fedns": "fedjax_med.algorithms.fedns",
   "flens": "fedjax_med.algorithms.flens",
+  "fedhypevae": "fedjax_med.algorithms.fedhypevae",
   "dpsgd": "fedjax_med.decentralized.algorithms",
   "choco_sgd": "fedjax_med.decentralized.algorithms",
 }

@@ -22,6 +22,11 @@
   acquisition domain ("clean", "contrast", "blur", "noise", "inverted",
   "low_resolution"; `fedjax_med.data.multidomain`). Options: domains,
   examples_per_site, test_fraction, seed, as_images.
+- "digits_embeddings": the digits not in a 30% public split, embedded by an
+  MLP trained on that split alone (`fedjax_med.data.embeddings`), then split
+  like "digits" (default Dirichlet alpha=0.3 over 10 clients). Options:
+  those of digits except as_images, plus public_fraction, embedding_dim
+  and encoder_steps.
 - "tfds": a dataset written by `write_tfds`. Options: data_dir, tfds_name.
 """
 
@@ -32,6 +37,7 @@ import pathlib
 
 from fedjax_med.data import long_tail
 from fedjax_med.data import partition as partition_lib
+from fedjax_med.data.embeddings import digits_embedding_source
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.data.heart_disease import load_fed_heart_disease
 from fedjax_med.data.heart_disease_text import load_fed_heart_disease_text
@@ -171,6 +177,36 @@ def _load_digits_long_tail(
   )
 
 
+def _load_digits_embeddings(
+  *,
+  partition: str = "dirichlet",
+  num_clients: int = 10,
+  alpha: float = 0.3,
+  min_partition_size: int = 10,
+  test_fraction: float = 0.2,
+  seed: int = 0,
+  public_fraction: float = 0.3,
+  embedding_dim: int = 32,
+  encoder_steps: int = 500,
+) -> FederatedData:
+  source = digits_embedding_source(
+    public_fraction=public_fraction,
+    embedding_dim=embedding_dim,
+    encoder_steps=encoder_steps,
+    seed=seed,
+  )
+  return _federate_source(
+    source,
+    "digits_embeddings",
+    partition=partition,
+    num_clients=num_clients,
+    alpha=alpha,
+    min_partition_size=min_partition_size,
+    test_fraction=test_fraction,
+    seed=seed,
+  )
+
+
 def _load_tfds(
   *, data_dir: str | pathlib.Path, tfds_name: str | None = None
 ) -> FederatedData:
@@ -185,6 +221,7 @@ _LOADERS = {
   "tfds": _load_tfds,
   "digits_long_tail": _load_digits_long_tail,
   "digits_multidomain": load_digits_multidomain,
+  "digits_embeddings": _load_digits_embeddings,
 }
 DATASET_NAMES = tuple(_LOADERS)
 

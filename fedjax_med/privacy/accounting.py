@@ -92,6 +92,11 @@ class PrivacySpec:
       `num_rounds * steps_per_round` steps.
     adjacency: "add_remove" or "replace_one".
     accountant: "rdp" or "pld".
+    one_time_noise_multipliers: Noise multipliers of unsampled Gaussian
+      mechanisms that every unit goes through once per run, on top of the
+      steps (FedHypeVAE's release of class statistics). Each is relative
+      to that release's own L2 sensitivity, and their events are composed
+      with the steps' whenever epsilon is computed.
   """
 
   noise_multiplier: float | None
@@ -104,8 +109,14 @@ class PrivacySpec:
   num_rounds: int = 1
   adjacency: str = "add_remove"
   accountant: str = "rdp"
+  one_time_noise_multipliers: tuple[float, ...] = ()
 
   def __post_init__(self):
+    # A JSON round trip turns the tuple into a list; keep the spec hashable.
+    releases = tuple(float(z) for z in self.one_time_noise_multipliers)
+    object.__setattr__(self, "one_time_noise_multipliers", releases)
+    for z in releases:
+      _check_noise_multiplier(z)
     _check_choice("sampling", self.sampling, SAMPLINGS)
     _check_choice("adjacency", self.adjacency, ADJACENCIES)
     _check_choice("accountant", self.accountant, ACCOUNTANTS)
@@ -202,6 +213,9 @@ def validate_delta(delta: float) -> None:
 def make_dp_event(spec: PrivacySpec, num_steps: int) -> dp_accounting.DpEvent:
   """Builds the dp_accounting event of `num_steps` steps of `spec`.
 
+  The event includes the spec's one-time releases, so it is not empty at
+  `num_steps=0` when the spec has them.
+
   Raises:
     ValueError: For a missing or non-positive noise multiplier, or a
       combination of sampling, adjacency and accountant that dp_accounting
@@ -213,6 +227,19 @@ def make_dp_event(spec: PrivacySpec, num_steps: int) -> dp_accounting.DpEvent:
       "with calibrate_noise_multiplier."
     )
   _check_noise_multiplier(spec.noise_multiplier)
+  steps = _sampled_steps_event(spec, num_steps)
+  if not spec.one_time_noise_multipliers:
+    return steps
+  replace_one = spec.adjacency == "replace_one" and spec.accountant == "rdp"
+  releases = [
+    # Under replace-one the RDP accountant reads the multiplier over 2C.
+    dp_accounting.GaussianDpEvent(z / 2 if replace_one else z)
+    for z in spec.one_time_noise_multipliers
+  ]
+  return dp_accounting.ComposedDpEvent([steps, *releases])
+
+
+def _sampled_steps_event(spec: PrivacySpec, num_steps: int):
   replace_one = spec.adjacency == "replace_one"
   noise_multiplier = spec.noise_multiplier
   if replace_one and spec.accountant == "rdp":
@@ -334,7 +361,7 @@ def compute_epsilon(spec: PrivacySpec, num_steps: int, delta: float) -> float:
   validate_delta(delta)
   if num_steps < 0:
     raise ValueError(f"num_steps={num_steps} must not be negative.")
-  if num_steps == 0:
+  if num_steps == 0 and not spec.one_time_noise_multipliers:
     return 0.0
   return _cached_epsilon(spec, int(num_steps), float(delta))
 

@@ -19,6 +19,12 @@ and builds the `PrivacySpec` of the sampling the run performs:
     round is counted for every client, also one that cohort sampling leaves
     out, which overstates that client's epsilon and never understates it.
 
+`privacy.statistics_noise_multiplier` (default 0, none) is the noise
+multiplier of a one-time Gaussian release of record statistics that the
+algorithm makes besides its DP-SGD steps (FedHypeVAE's class means and
+covariances). Under example-level DP every client's spec composes it once
+(`PrivacySpec.one_time_noise_multipliers`), also during calibration.
+
 Two fields are read here that the default config may lack:
 `privacy.poisson_batch_capacity` (default 0, no cap) and
 `privacy.calibrate_noise` (default True). With `target_epsilon > 0`, True
@@ -87,6 +93,10 @@ def build_privacy_specs(
     raise ValueError(f"privacy.mode={mode!r} has no privacy accounting.")
 
   sampling = privacy_option(config, "batch_sampling", "poisson")
+  statistics_noise = float(
+    privacy_option(config, "statistics_noise_multiplier", 0.0)
+  )
+  releases = (statistics_noise,) if statistics_noise > 0 else ()
   batch_size = config.client.batch_size
   capacity = privacy_option(config, "poisson_batch_capacity", 0) or None
   specs = {}
@@ -105,6 +115,7 @@ def build_privacy_specs(
     specs[name] = PrivacySpec(
       sampling=sampling,
       steps_per_round=config.client.num_local_steps,
+      one_time_noise_multipliers=releases,
       **sampler,
       **common,
     )
