@@ -18,8 +18,10 @@ Methods and their configs (all with `float64 = True`):
 - "fedns": FedNS, a 10-row Gaussian sketch per client
   (`fed_heart_disease_fedns.py`).
 - "flens_paper": FLeNS (Gupta et al., arXiv:2409.15216) with derivatives
-  at the Nesterov look-ahead point, as the paper's summary reads
-  (`fed_heart_disease_flens.py`).
+  at the Nesterov look-ahead point, as the paper's summary reads, and the
+  default constant momentum beta = 0.1 (`fed_heart_disease_flens.py`).
+- "flens_nesterov": the same with the momentum schedule
+  beta_t = (t - 1) / (t + 2) (`algorithm.beta_schedule = "nesterov"`).
 - "flens_code": FLeNS as the authors' MATLAB code reads, derivatives at
   w_t (`algorithm.lookahead = "code"`).
 - "fedavg", "fedavg_qsgd", "fedavg_topk": FedAvg with the default client
@@ -73,6 +75,7 @@ METHODS = (
   "newton",
   "fedns",
   "flens_paper",
+  "flens_nesterov",
   "flens_code",
   "fedavg",
   "fedavg_qsgd",
@@ -81,7 +84,8 @@ METHODS = (
 DISPLAY_NAMES = {
   "newton": "Newton (exact)",
   "fedns": "FedNS (m=10)",
-  "flens_paper": "FLeNS, paper look-ahead (m=10)",
+  "flens_paper": "FLeNS, paper look-ahead, beta 0.1 (m=10)",
+  "flens_nesterov": "FLeNS, paper look-ahead, beta (t-1)/(t+2) (m=10)",
   "flens_code": "FLeNS, code reading (m=10)",
   "fedavg": "FedAvg",
   "fedavg_qsgd": "FedAvg + QSGD uplink",
@@ -93,6 +97,7 @@ ROUNDS = {
   "newton": 10,
   "fedns": 30,
   "flens_paper": 30,
+  "flens_nesterov": 30,
   "flens_code": 30,
   "fedavg": 300,
   "fedavg_qsgd": 300,
@@ -133,7 +138,10 @@ def method_config(method: str) -> ml_collections.ConfigDict:
     config = load_config_file(CONFIG_DIR / "fed_heart_disease_fedns.py")
   elif method.startswith("flens"):
     config = load_config_file(CONFIG_DIR / "fed_heart_disease_flens.py")
-    config.algorithm.lookahead = method.removeprefix("flens_")
+    if method == "flens_code":
+      config.algorithm.lookahead = "code"
+    if method == "flens_nesterov":
+      config.algorithm.beta_schedule = "nesterov"
   else:
     config = load_config_file(CONFIG_DIR / "fed_heart_disease_compressed.py")
     config.float64 = True

@@ -69,6 +69,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.cohort.sampling = "uniform"
   config.cohort.poisson_rate = 0.0  # Used when sampling="poisson".
   config.cohort.clients_per_chunk = 0  # 0 runs the whole cohort at once.
+  # Devices to shard each round's cohort over: 0 or 1 runs on one device,
+  # N > 1 on the first N of jax.devices(). CPU runs can fake devices with
+  # XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts.
+  config.cohort.num_devices = 0
+  # With clients_per_chunk = 0, a budget > 0 picks the largest chunk whose
+  # compiled round needs at most this many MB of temporary memory per device
+  # (the round is compiled at a few chunk sizes first); 0 means no budget.
+  config.cohort.memory_budget_mb = 0.0
   config.cohort.weighting = "example"
 
   # Differential privacy; mode "none" trains without it. "client" is

@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.algorithm.lookahead = "paper"
   # Where the step starts under "paper": "lookahead" or "current".
   config.algorithm.step_from = "lookahead"
+  # Momentum under "paper": "constant" (beta_t = beta) or "nesterov"
+  # (beta_t = (t - 1) / (t + 2)).
+  config.algorithm.beta_schedule = "constant"
+  config.algorithm.beta = 0.1
   # "sample" (FedNS-style) or "sqrtm" (the authors' code).
   config.algorithm.curvature = "sample"
   config.algorithm.restart = True

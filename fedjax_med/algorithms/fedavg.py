@@ -532,7 +532,7 @@ def build_fedavg_family(
     client_row=client_row,
     update_row=update_row,
   )
-  run_round = compose_round(pieces, cohort.clients_per_chunk)
+  run_round = compose_round(pieces, cohort.clients_per_chunk, cohort.mesh)
 
   def global_variables(state: ServerState):
     return {"params": state.params, **state.model_state}

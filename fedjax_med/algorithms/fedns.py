@@ -60,6 +60,7 @@ from fedjax_med.algorithms.newton import (
   build_second_order,
   newton_options,
   reject_aggregator,
+  reject_compression,
 )
 from fedjax_med.compression.sketches import apply_sketch, validate_sketch
 from fedjax_med.core.algorithm import FederatedAlgorithm
@@ -135,6 +136,7 @@ def from_config(
   """Builds FedNS from `config.algorithm` (see the module docstring)."""
   del server_learning_rate
   reject_aggregator(aggregator, "fedns")
+  reject_compression(client, "fedns")
   return fedns(
     model,
     data.num_clients,

@@ -326,7 +326,9 @@ def build_second_order(
       }
       return ClientOutput(summed, ())
 
-    summed, _ = map_cohort(client_fn, cohort_sample, cohort.clients_per_chunk)
+    summed, _ = map_cohort(
+      client_fn, cohort_sample, cohort.clients_per_chunk, cohort.mesh
+    )
 
     # Server: average, then solve the d x d Newton system.
     total = summed["weight"]
@@ -353,7 +355,7 @@ def build_second_order(
         return ClientOutput({"weighted_losses": weight * losses_at}, ())
 
       candidates, _ = map_cohort(
-        candidate_fn, cohort_sample, cohort.clients_per_chunk
+        candidate_fn, cohort_sample, cohort.clients_per_chunk, cohort.mesh
       )
       risks = candidates["weighted_losses"] * inverse
       decrease = jnp.dot(gradient, direction)
@@ -467,6 +469,7 @@ def from_config(
   """
   del server_learning_rate
   reject_aggregator(aggregator, "newton")
+  reject_compression(client, "newton")
   return newton(
     model,
     data.num_clients,
@@ -476,6 +479,27 @@ def from_config(
     dataset_name=dataset_name,
     **newton_options(config),
   )
+
+
+def reject_compression(client: ClientConfig, method: str) -> None:
+  """Raises ValueError when the config compresses the uplink or downlink.
+
+  The compressors of `config.compression` operate on a FedAvg-family
+  delta or model; a second-order round sends gradients and curvature
+  messages instead, so they would be silently ignored.
+  """
+  links = [
+    link
+    for link in ("uplink", "downlink")
+    if getattr(client.compression, link) is not None
+  ]
+  if links:
+    raise ValueError(
+      f"algorithm.name={method!r} does not compress its messages, but "
+      f"compression.{links[0]} names a compressor; set "
+      f"compression.{links[0]}.name='identity' (the sketch size "
+      "algorithm.sketch_size is what shrinks the curvature message)."
+    )
 
 
 def reject_aggregator(aggregator, method: str) -> None:

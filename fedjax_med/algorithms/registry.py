@@ -24,12 +24,20 @@ and `algorithm.tail_fraction` (defaults in `fedtail.FedTailConfig`).
 `compression.uplink` and `compression.downlink` each name a compressor and
 its options (`fedjax_med.compression.registry`), applied by every
 FedAvg-family algorithm; an absent section means no compression.
+
+`cohort.num_devices` shards every round's cohort over the first that many
+devices (`fedjax_med.core.sharding.client_mesh`); 0 or 1 runs on one device.
+With `cohort.clients_per_chunk = 0` and `cohort.memory_budget_mb > 0`, the
+chunk size is the largest whose compiled round needs at most that much
+temporary memory per device (`chunk_for_memory_budget`).
 """
 
 from __future__ import annotations
 
 import importlib
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -38,6 +46,7 @@ from fedjax_med.algorithms import fedopt, fedprox, fedtail, scaffold
 from fedjax_med.algorithms.privacy_wiring import privacy_pieces
 from fedjax_med.algorithms.settings import CompressionConfig
 from fedjax_med.compression import registry as compression_registry
+from fedjax_med.core import memory, sharding
 from fedjax_med.core.algorithm import FederatedAlgorithm
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.losses import global_class_counts, make_loss
@@ -184,8 +193,9 @@ def build_algorithm(
 
   Raises:
     ValueError: For an unknown algorithm name, a non-positive learning rate,
-      a cohort the population cannot supply, or invalid privacy settings
-      (see `privacy_pieces`).
+      a cohort the population cannot supply, invalid privacy settings
+      (see `privacy_pieces`), more devices than present, or a memory
+      budget below what one client per chunk needs.
   """
   name = config.algorithm.name
   if name not in ALGORITHM_NAMES:
@@ -193,14 +203,83 @@ def build_algorithm(
       f"algorithm.name={name!r} is unknown; use one of {ALGORITHM_NAMES}, "
       "or 'pooled' / 'local' for the baselines."
     )
-  cohort_section = config.cohort
-  cohort = fedavg_lib.CohortConfig(
-    clients_per_round=cohort_section.clients_per_round,
-    sampling=cohort_section.sampling,
-    poisson_rate=cohort_section.get("poisson_rate") or None,
-    clients_per_chunk=cohort_section.get("clients_per_chunk") or None,
-    weighting=cohort_section.weighting,
+  cohort = cohort_config(config)
+  budget_mb = config.cohort.get("memory_budget_mb", 0)
+  if budget_mb and not cohort.clients_per_chunk:
+    cohort = cohort._replace(
+      clients_per_chunk=chunk_for_memory_budget(
+        config, model, data, cohort, budget_mb
+      )
+    )
+  return _build(config, model, data, cohort)
+
+
+def cohort_config(config: ml_collections.ConfigDict) -> fedavg_lib.CohortConfig:
+  """Reads `config.cohort`, building the device mesh it names."""
+  section = config.cohort
+  return fedavg_lib.CohortConfig(
+    clients_per_round=section.clients_per_round,
+    sampling=section.sampling,
+    poisson_rate=section.get("poisson_rate") or None,
+    clients_per_chunk=section.get("clients_per_chunk") or None,
+    weighting=section.weighting,
+    mesh=sharding.client_mesh(section.get("num_devices", 0)),
   )
+
+
+def chunk_for_memory_budget(
+  config: ml_collections.ConfigDict,
+  model: Model,
+  data: FederatedData,
+  cohort: fedavg_lib.CohortConfig,
+  budget_mb: float,
+) -> int:
+  """Picks the largest `clients_per_chunk` whose round fits `budget_mb`.
+
+  The round is compiled, not run, at a few chunk sizes (see
+  `fedjax_med.core.memory.chunk_for_budget`); the budget bounds XLA's
+  temporary memory per device, which excludes the round's inputs and
+  outputs (the model, the stacked client states and the data).
+  """
+  if budget_mb < 0:
+    raise ValueError(
+      f"cohort.memory_budget_mb={budget_mb} must not be negative; use 0 to "
+      "size chunks with cohort.clients_per_chunk alone."
+    )
+  sample_x = jax.ShapeDtypeStruct(
+    (1, *data.train.x.shape[2:]), data.train.x.dtype
+  )
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), sample_x)
+  if config.get("float64", False):
+    variables = jax.tree.map(
+      lambda v: (
+        jax.ShapeDtypeStruct(v.shape, jnp.float64)
+        if jnp.issubdtype(v.dtype, jnp.floating)
+        else v
+      ),
+      variables,
+    )
+
+  def temp_bytes_at(chunk: int) -> int:
+    algorithm = _build(
+      config, model, data, cohort._replace(clients_per_chunk=chunk)
+    )
+    return memory.round_temp_bytes(algorithm, variables, data, cohort.mesh)
+
+  num_devices = 1 if cohort.mesh is None else cohort.mesh.devices.size
+  capacity = -(-cohort.clients_per_round // num_devices)
+  return memory.chunk_for_budget(
+    temp_bytes_at, capacity, int(budget_mb * memory.MIB)
+  )
+
+
+def _build(
+  config: ml_collections.ConfigDict,
+  model: Model,
+  data: FederatedData,
+  cohort: fedavg_lib.CohortConfig,
+) -> FederatedAlgorithm:
+  name = config.algorithm.name
   aggregator, dp_sgd_config = privacy_pieces(config, model, data, cohort)
   client = fedavg_lib.ClientConfig(
     learning_rate=make_schedule(config.client, config.num_rounds, "client"),

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import optax
+from jax.sharding import Mesh
 
 from fedjax_med import losses
 from fedjax_med.compression.payload import Compressor
@@ -70,9 +71,12 @@ class CohortConfig(NamedTuple):
       "poisson" (use the number of clients for exact Poisson sampling).
     sampling: "uniform" (without replacement) or "poisson".
     poisson_rate: Inclusion probability for "poisson".
-    clients_per_chunk: Clients vmapped together; None for the whole cohort.
+    clients_per_chunk: Clients vmapped together on each device; None for
+      all of a device's slots at once.
     weighting: "example" (by num_examples) or "uniform" (every client with
       data counts once).
+    mesh: A one-axis device mesh that splits the cohort's slots (see
+      `fedjax_med.core.sharding.client_mesh`), or None for one device.
   """
 
   clients_per_round: int
@@ -80,6 +84,7 @@ class CohortConfig(NamedTuple):
   poisson_rate: float | None = None
   clients_per_chunk: int | None = None
   weighting: str = "example"
+  mesh: Mesh | None = None
 
 
 def as_schedule(learning_rate: float | Schedule, name: str) -> Schedule:

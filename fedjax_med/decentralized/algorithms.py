@@ -72,6 +72,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 from optax import tree_utils as otu
 
 from fedjax_med.algorithms.settings import (
@@ -139,6 +140,7 @@ def _build(
   message_bytes: Callable[[PyTree], int],
   clients_per_chunk: int | None,
   dataset_name: str,
+  mesh: Mesh | None = None,
 ) -> FederatedAlgorithm:
   """Builds a decentralized algorithm around its gossip step.
 
@@ -214,7 +216,7 @@ def _build(
       client_ids=jnp.arange(num_nodes, dtype=jnp.int32),
       mask=jnp.ones((num_nodes,), bool),
     )
-    summed, trained = map_cohort(node_fn, all_nodes, clients_per_chunk)
+    summed, trained = map_cohort(node_fn, all_nodes, clients_per_chunk, mesh)
 
     variables, public_copies = communicate(
       state.variables, trained, state.public_copies, gossip_key
@@ -261,6 +263,7 @@ def dpsgd(
   order: str = "combine_then_adapt",
   clients_per_chunk: int | None = None,
   dataset_name: str = "the dataset",
+  mesh: Mesh | None = None,
 ) -> FederatedAlgorithm:
   """D-PSGD: local training on every node, then one gossip step.
 
@@ -274,6 +277,8 @@ def dpsgd(
       or "adapt_then_combine" (mix the trained models).
     clients_per_chunk: Nodes trained together under vmap; None for all.
     dataset_name: Used in error messages.
+    mesh: A one-axis device mesh that splits the nodes' training over
+      devices, or None for one device.
 
   Returns:
     The algorithm. `global_variables` is the nodes' average model and
@@ -304,6 +309,7 @@ def dpsgd(
     message_bytes=_gossiped_bytes,
     clients_per_chunk=clients_per_chunk,
     dataset_name=dataset_name,
+    mesh=mesh,
   )
 
 
@@ -316,6 +322,7 @@ def choco_sgd(
   consensus_step_size: float,
   clients_per_chunk: int | None = None,
   dataset_name: str = "the dataset",
+  mesh: Mesh | None = None,
 ) -> FederatedAlgorithm:
   """CHOCO-SGD: local training, then gossip of compressed differences.
 
@@ -328,6 +335,8 @@ def choco_sgd(
       coarser compression.
     clients_per_chunk: Nodes trained together under vmap; None for all.
     dataset_name: Used in error messages.
+    mesh: A one-axis device mesh that splits the nodes' training over
+      devices, or None for one device.
 
   Returns:
     The algorithm; `global_variables` and `client_variables` as in
@@ -362,6 +371,7 @@ def choco_sgd(
     ),
     clients_per_chunk=clients_per_chunk,
     dataset_name=dataset_name,
+    mesh=mesh,
   )
 
 
@@ -447,6 +457,7 @@ def from_config(
     client=client,
     clients_per_chunk=cohort.clients_per_chunk,
     dataset_name=dataset_name,
+    mesh=cohort.mesh,
   )
   if name == "dpsgd":
     return dpsgd(

@@ -50,6 +50,7 @@ import tqdm
 from absl import logging
 
 from fedjax_med.algorithms.registry import build_algorithm
+from fedjax_med.core import sharding
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.data.registry import load_dataset
 from fedjax_med.losses.class_statistics import (
@@ -376,8 +377,12 @@ def _train_with_checkpointer(
       metadata["privacy"] = privacy.accountant.state_dict()
     checkpointer.save(completed, state, run_key, metadata)
 
-  device_data = jax.device_put(train_data)
-  round_fn = jax.jit(algorithm.run_round)
+  # Under cohort.num_devices > 1 the state and data are replicated on the
+  # mesh that the round shards its cohort over.
+  mesh = sharding.client_mesh(config.cohort.get("num_devices", 0))
+  state = sharding.replicate(state, mesh)
+  device_data = sharding.replicate(train_data, mesh)
+  round_fn = sharding.jit_round(algorithm.run_round, mesh)
   predict_fn = make_predict_fn(model)
   tail = long_tail_classes(config, eval_data)
   personalize = protocols.PersonalizedEvaluator(

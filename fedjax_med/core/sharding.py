@@ -1,0 +1,87 @@
+"""The device mesh that splits a cohort's clients over devices.
+
+A round shards its cohort over a one-axis mesh named `CLIENT_AXIS`, and
+`engine.map_cohort` reduces the aggregate over that axis. The mesh uses
+`Mesh`'s default (Auto) axis types: `jax.make_mesh` in JAX 0.10 makes
+Explicit axes, under which `shard_map` rejects the replicated arrays a client
+function closes over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+CLIENT_AXIS = "clients"
+
+
+def client_mesh(num_devices: int | None) -> Mesh | None:
+  """Builds a mesh over the first `num_devices` of `jax.devices()`.
+
+  In a multi-process run `jax.devices()` lists every process's devices, so
+  `num_devices=jax.device_count()` spans them all.
+
+  Args:
+    num_devices: Devices to shard the cohort over; None, 0 or 1 means one
+      device and no mesh.
+
+  Returns:
+    A mesh with the single axis `CLIENT_AXIS`, or None for one device.
+
+  Raises:
+    ValueError: If `num_devices` is negative or exceeds the devices present.
+  """
+  if num_devices is None or num_devices in (0, 1):
+    return None
+  if num_devices < 0:
+    raise ValueError(
+      f"cohort.num_devices={num_devices} must not be negative; use 0 or 1 "
+      "for one device, or the number of devices to shard clients over."
+    )
+  devices = jax.devices()
+  if num_devices > len(devices):
+    raise ValueError(
+      f"cohort.num_devices={num_devices} exceeds the {len(devices)} "
+      f"{devices[0].platform} devices present; lower it, or on CPU fake "
+      "more devices by setting XLA_FLAGS="
+      f"--xla_force_host_platform_device_count={num_devices} before JAX "
+      "starts."
+    )
+  return Mesh(np.asarray(devices[:num_devices]), (CLIENT_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
+  """Places a copy of every leaf of `tree` on each device of `mesh`.
+
+  Every process must pass the same values: in a multi-process run each one
+  fills its own devices' copies from its local `tree`.
+  """
+  if mesh is None:
+    return jax.device_put(tree)
+  replicated = NamedSharding(mesh, P())
+  if mesh.is_multi_process:
+
+    def to_global(leaf):
+      host = np.asarray(leaf)
+      return jax.make_array_from_callback(
+        host.shape, replicated, lambda index: host[index]
+      )
+
+    return jax.tree.map(to_global, tree)
+  return jax.device_put(tree, replicated)
+
+
+def jit_round(run_round: Callable, mesh: Mesh | None) -> Callable:
+  """Jit-compiles `run_round`, with replicated outputs under a mesh.
+
+  Pinning the outputs to the replicated sharding of `replicate` gives the
+  next round inputs of the same sharding, so the round compiles once.
+  """
+  if mesh is None:
+    return jax.jit(run_round)
+  return jax.jit(run_round, out_shardings=NamedSharding(mesh, P()))

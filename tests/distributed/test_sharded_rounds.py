@@ -1,0 +1,70 @@
+"""Rounds sharded over fake CPU devices match the one-device round."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fedjax_med.core import sharding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+@pytest.fixture(scope="module")
+def sharded_results():
+  completed = subprocess.run(
+    [sys.executable, "-m", "tests.distributed.sharded_rounds_check"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert completed.returncode == 0, completed.stderr[-4000:]
+  lines = [
+    line for line in completed.stdout.splitlines() if line.startswith("RESULT ")
+  ]
+  assert len(lines) == 1, completed.stdout[-4000:]
+  return json.loads(lines[0][len("RESULT ") :])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fedavg", "scaffold", "newton"])
+@pytest.mark.parametrize("num_devices", [4, 8])
+def test_sharded_round_matches_one_device(sharded_results, name, num_devices):
+  assert sharded_results["device_count"] == 8
+  single = sharded_results[f"{name}/1"]
+  sharded = sharded_results[f"{name}/{num_devices}"]
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    single["params"],
+    sharded["params"],
+  )
+  np.testing.assert_allclose(single["loss"], sharded["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_devices", [1, 4, 8])
+def test_sharded_round_compiles_once(sharded_results, num_devices):
+  for name in ("fedavg", "scaffold", "newton"):
+    assert sharded_results[f"{name}/{num_devices}"]["traces"] == 1, name
+
+
+def test_client_mesh_rejects_too_many_devices():
+  requested = jax.device_count() + 1
+  with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
+    sharding.client_mesh(requested)
+
+
+def test_client_mesh_rejects_negative_count():
+  with pytest.raises(ValueError, match="num_devices=-2"):
+    sharding.client_mesh(-2)
+
+
+def test_client_mesh_is_none_for_one_device():
+  assert sharding.client_mesh(0) is None
+  assert sharding.client_mesh(1) is None
