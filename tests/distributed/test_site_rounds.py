@@ -100,18 +100,21 @@ def test_sites_match_compiled_round(name):
     assert any(np.abs(leaf).max() > 0 for leaf in moved)
 
 
-def test_client_piece_compiles_once():
+def test_pieces_compile_once():
   data = toy.random_binary_data(SIZES)
   model, algorithm = _build("scaffold_error_feedback")
   variables = model.init(KEY, jnp.zeros((1, 5)))
-  traces = []
+  traces = {"begin": 0, "client": 0, "end": 0}
 
-  def counted(*args):
-    traces.append(1)
-    return algorithm.pieces.client(*args)
+  def counted(name):
+    def traced(*args):
+      traces[name] += 1
+      return getattr(algorithm.pieces, name)(*args)
+
+    return jax.jit(traced)
 
   pieces = site_rounds.jit_pieces(algorithm.pieces)._replace(
-    client=jax.jit(counted)
+    begin=counted("begin"), client=counted("client"), end=counted("end")
   )
   server = algorithm.init(KEY, variables)
   rows = {k: pieces.client_row(server, np.int32(k)) for k in range(5)}
@@ -120,7 +123,7 @@ def test_client_piece_compiles_once():
     server, _, rows = site_rounds.run_round_at_sites(
       pieces, server, jax.random.fold_in(KEY, r), batches, rows
     )
-  assert len(traces) == 1
+  assert traces == {"begin": 1, "client": 1, "end": 1}
 
 
 def test_sum_trees_is_float64_then_cast():

@@ -21,6 +21,7 @@ local runtime `--port`.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pathlib
@@ -42,6 +43,7 @@ FLOWER_OFFLINE_ENV = {
   "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
 }
 CONNECTION = "loopback"
+_PR_SET_PDEATHSIG = 1  # From <sys/prctl.h>.
 _BIN = pathlib.Path(sys.executable).parent
 
 
@@ -65,6 +67,18 @@ def offline_env(home: pathlib.Path) -> dict[str, str]:
     "FLWR_HOME": str(home),
     "PATH": path,
   }
+
+
+def _die_with_parent() -> None:
+  """Asks Linux to SIGTERM this child when the process that started it dies.
+
+  Runs in the child between fork and exec. It covers a test runner killed
+  before its cleanup runs. The SuperExecs exit with their SuperLink or
+  SuperNode in turn.
+  """
+  libc = ctypes.CDLL(None, use_errno=True)
+  if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+    raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def _wait_http_ok(url: str, timeout: float, process) -> None:
@@ -102,6 +116,16 @@ def superexec_children(parents: list[int]) -> list[int]:
     if any(marker in cmdline for marker in markers):
       found.append(int(entry.name))
   return found
+
+
+def _wait_gone(parents: list[int], timeout: float) -> list[int]:
+  """Waits for the SuperExecs of `parents` to exit; returns those left."""
+  deadline = time.monotonic() + timeout
+  children = superexec_children(parents)
+  while children and time.monotonic() < deadline:
+    time.sleep(0.2)
+    children = superexec_children(parents)
+  return children
 
 
 class LoopbackFederation:
@@ -143,6 +167,7 @@ class LoopbackFederation:
       env=offline_env(home),
       stdout=log,
       stderr=subprocess.STDOUT,
+      preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     self._processes.append(process)
     return process
@@ -264,18 +289,19 @@ class LoopbackFederation:
         logging.warning("Process %d ignored SIGTERM; killing it.", process.pid)
         process.kill()
         process.wait(timeout=10)
-    # Each SuperExec exits within 0.2 s of its parent; kill any that lag.
-    deadline = time.monotonic() + 5
-    children = superexec_children(pids)
-    while children and time.monotonic() < deadline:
-      time.sleep(0.2)
-      children = superexec_children(pids)
+    # Each SuperExec polls its parent every 0.2 s and exits once it is
+    # gone, which takes longer on a loaded machine; kill any that lag, and
+    # wait until init has reaped them.
+    children = _wait_gone(pids, timeout=10)
     for pid in children:
       logging.warning("SuperExec %d outlived its parent; killing it.", pid)
       try:
         os.kill(pid, signal.SIGKILL)
       except ProcessLookupError:
         pass
+    left = _wait_gone(pids, timeout=10)
+    if left:
+      logging.error("SuperExecs %s survived SIGKILL for 10 s.", left)
     for log in self._logs:
       log.close()
     self._processes.clear()
