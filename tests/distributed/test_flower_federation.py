@@ -101,3 +101,17 @@ def test_undeployable_algorithm_is_named():
   _, federation = _federation(config)
   with pytest.raises(ValueError, match="'afl' does not split its round"):
     federation_lib.build_world(config, federation)
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    ("privacy.mode=example", "server could remove"),
+    ("privacy.secure_aggregation=True", "would hold every pairwise mask"),
+    ("algorithm.name=pooled", "simulation baseline"),
+  ],
+)
+def test_deployment_rejects_simulated_privacy(overrides, message):
+  config = federation_lib.load_config(str(CONFIG), overrides)
+  with pytest.raises(ValueError, match=message):
+    federation_lib.check_deployable(config)

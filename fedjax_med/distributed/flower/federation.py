@@ -92,6 +92,21 @@ def check_deployable(config: ml_collections.ConfigDict) -> None:
       "protocol='standard' in a deployment."
     )
   privacy = config.get("privacy", None)
+  if privacy is not None and privacy.mode == "example":
+    # The broadcast carries the round's client key, from which a site's
+    # DP-SGD noise is drawn, so the server could subtract that noise.
+    raise ValueError(
+      "privacy.mode='example' draws each site's DP-SGD noise from the "
+      "round key that the server broadcasts, so the server could remove "
+      "it; deploy with privacy.mode='client' (noise added by the server) "
+      "or 'none'."
+    )
+  if privacy is not None and privacy.get("secure_aggregation", False):
+    raise ValueError(
+      "privacy.secure_aggregation=True simulates the key agreement inside "
+      "the round, so in a deployment the server would hold every pairwise "
+      "mask; set privacy.secure_aggregation=False."
+    )
   if privacy is not None and privacy.mode != "none":
     if privacy.get("target_epsilon", 0.0) > 0:
       raise ValueError(
