@@ -23,10 +23,17 @@ N(0, 0.02^2)), the FedTPG-style generator, the generator with FedCSAP's
 style tokens, and BiPrompt's test-time adaptation on each site's test
 batches of 32 on top of the CoOp prompts.
 
+Every method runs once per seed, and the table shows the mean and sample
+standard deviation over seeds. A seed sets the towers' random weights (the
+small text tower's too), the alignment batches, the prompts' start and the
+minibatches. The site split and the train/test split are the same for every
+seed. The JSON output also holds every run's per-site accuracies.
+
 Run from the repository root (the MiniLM tower needs the environment of
 scripts/in_env.sh):
   python benchmarks/prompt_learning.py
-  python benchmarks/prompt_learning.py --quick --output=/tmp/prompts.json
+  python benchmarks/prompt_learning.py --quick --seeds=0 \
+      --output=/tmp/prompts.json
   python benchmarks/prompt_learning.py --text_tower=minilm
 """
 
@@ -81,7 +88,9 @@ _METHODS = flags.DEFINE_list(
   list(METHODS),
   f"Methods to run, from {list(METHODS)}; biprompt needs coop.",
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the towers and the rounds.")
+_SEEDS = flags.DEFINE_list(
+  "seeds", ["0", "1", "2"], "Seeds of the towers and the rounds, one run each."
+)
 _QUICK = flags.DEFINE_bool(
   "quick", False, "A short run of every method, for tests."
 )
@@ -264,23 +273,42 @@ def run(
   }
 
 
-def markdown_table(payload: dict) -> str:
-  """Formats the results as a markdown table."""
+SUMMARY_KEYS = ("base_accuracy", "new_accuracy", "harmonic_mean")
+
+
+def summarize(runs: list[dict]) -> dict:
+  """Returns each method's mean and sample standard deviation over runs."""
+  summary = {}
+  for method in runs[0]["results"]:
+    row = {}
+    for key in SUMMARY_KEYS:
+      values = np.asarray([run["results"][method][key] for run in runs])
+      row[key] = float(values.mean())
+      row[f"{key}_std"] = float(values.std(ddof=1)) if len(runs) > 1 else 0.0
+    uplink = runs[0]["results"][method].get("uplink_bytes_per_round")
+    if uplink is not None:
+      row["uplink_bytes_per_round"] = uplink
+    summary[method] = row
+  return summary
+
+
+def markdown_table(summary: dict) -> str:
+  """Formats the summary as a markdown table of mean ± std cells."""
   lines = [
     "| method | base accuracy | new accuracy | harmonic mean | uplink bytes "
     "per round |",
     "|---|---|---|---|---|",
   ]
   for method in METHODS:
-    if method not in payload["results"]:
+    if method not in summary:
       continue
-    row = payload["results"][method]
+    row = summary[method]
+    cells = [
+      f"{row[key]:.3f} ± {row[key + '_std']:.3f}" for key in SUMMARY_KEYS
+    ]
     uplink = row.get("uplink_bytes_per_round")
-    uplink = "-" if uplink is None else f"{uplink:,.0f}"
-    lines.append(
-      f"| {DISPLAY_NAMES[method]} | {row['base_accuracy']:.3f} | "
-      f"{row['new_accuracy']:.3f} | {row['harmonic_mean']:.3f} | {uplink} |"
-    )
+    cells.append("-" if uplink is None else f"{uplink:,.0f}")
+    lines.append(f"| {DISPLAY_NAMES[method]} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -290,14 +318,25 @@ def main(argv):
   num_rounds = _NUM_ROUNDS.value or (5 if _QUICK.value else 40)
   align_steps = _ALIGN_STEPS.value or (100 if _QUICK.value else 400)
   start = time.perf_counter()
-  payload = run(
-    _TEXT_TOWER.value,
-    num_rounds,
-    align_steps,
-    _SEED.value,
-    tuple(_METHODS.value),
-  )
-  payload["seconds"] = time.perf_counter() - start
+  runs = [
+    run(
+      _TEXT_TOWER.value,
+      num_rounds,
+      align_steps,
+      int(seed),
+      tuple(_METHODS.value),
+    )
+    for seed in _SEEDS.value
+  ]
+  payload = {
+    "text_tower": _TEXT_TOWER.value,
+    "num_rounds": num_rounds,
+    "align_steps": align_steps,
+    "seeds": [int(seed) for seed in _SEEDS.value],
+    "summary": summarize(runs),
+    "runs": runs,
+    "seconds": time.perf_counter() - start,
+  }
   command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
   payload["metadata"] = run_metadata.collect_metadata(
     command, (*run_metadata.DEFAULT_PACKAGES, "scikit-learn")
@@ -305,7 +344,7 @@ def main(argv):
   output = pathlib.Path(_OUTPUT.value)
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-  print(markdown_table(payload))
+  print(markdown_table(payload["summary"]))
   print(f"total {payload['seconds']:.0f} s; results in {output}")
 
 

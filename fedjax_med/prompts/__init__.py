@@ -13,6 +13,7 @@ from fedjax_med.prompts.biprompt import (
   debiasing_loss,
   erase_views,
   gradient_saliency,
+  num_causal_patches,
   predict_with_biprompt,
 )
 from fedjax_med.prompts.coop import CoOpConfig, coop
@@ -47,6 +48,7 @@ __all__ = [
   "gradient_saliency",
   "harmonic_mean",
   "insert_context",
+  "num_causal_patches",
   "predict_with_biprompt",
   "prepare_class_tokens",
   "prompt_generator",

@@ -22,6 +22,7 @@ def test_short_run_writes_results(tmp_path):
       "--methods=zero_shot,coop,biprompt",
       "--num_rounds=1",
       "--align_steps=2",
+      "--seeds=0",
       f"--output={output}",
     ],
     cwd=ROOT,
@@ -33,7 +34,8 @@ def test_short_run_writes_results(tmp_path):
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert "| CoOp, FedAvg |" in completed.stdout
   payload = json.loads(output.read_text())
-  results = payload["results"]
+  assert payload["seeds"] == [0]
+  results = payload["runs"][0]["results"]
   assert set(results) == {"zero_shot", "coop", "biprompt"}
   for row in results.values():
     for key in ("base_accuracy", "new_accuracy"):
@@ -45,4 +47,7 @@ def test_short_run_writes_results(tmp_path):
   # Six sites each send 4 context vectors of width 32 and one weight.
   assert results["coop"]["num_prompt_params"] == 4 * 32
   assert results["coop"]["uplink_bytes_per_round"] == 6 * (4 * 4 * 32 + 4)
+  for method, row in payload["summary"].items():
+    assert row["base_accuracy"] == results[method]["base_accuracy"]
+    assert row["base_accuracy_std"] == 0.0
   assert payload["metadata"]["command"].startswith("python")

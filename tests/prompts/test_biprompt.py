@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedjax_med import prompts as bp
 from fedjax_med.models import dual_encoder as dual
 from fedjax_med.models.small_towers import small_dual_encoder
-from fedjax_med.prompts import biprompt as bp
 from fedjax_med.prompts.coop import CoOpConfig, coop
 
 KEY = jax.random.PRNGKey(0)
