@@ -30,10 +30,24 @@ _MAX_SEARCH_STEPS = 4
 MIB = 2**20
 
 
-def temp_bytes(fn: Callable, *args: Any, mesh: Mesh | None = None) -> int:
-  """Compiles `fn(*args)` and returns its temporary memory per device."""
-  compiled = sharding.jit_round(fn, mesh).lower(*args).compile()
-  return int(compiled.memory_analysis().temp_size_in_bytes)
+def compile_round(
+  algorithm: FederatedAlgorithm,
+  variables: Any,
+  data: Any,
+  mesh: Mesh | None = None,
+) -> jax.stages.Compiled:
+  """Compiles (does not run) one `algorithm.run_round`.
+
+  Args:
+    algorithm: The algorithm whose round is compiled.
+    variables: The model's variables, or their `jax.ShapeDtypeStruct`s.
+    data: The federated data the round trains on.
+    mesh: The mesh the round shards its cohort over, or None.
+  """
+  key = jax.random.PRNGKey(0)
+  state = jax.eval_shape(algorithm.init, key, variables)
+  run_round = sharding.jit_round(algorithm.run_round, mesh)
+  return run_round.lower(state, data, key).compile()
 
 
 def round_temp_bytes(
@@ -42,17 +56,9 @@ def round_temp_bytes(
   data: Any,
   mesh: Mesh | None = None,
 ) -> int:
-  """Temporary memory per device of one compiled `algorithm.run_round`.
-
-  Args:
-    algorithm: The algorithm whose round is compiled (not run).
-    variables: The model's variables, or their `jax.ShapeDtypeStruct`s.
-    data: The federated data the round trains on.
-    mesh: The mesh the round shards its cohort over, or None.
-  """
-  key = jax.random.PRNGKey(0)
-  state = jax.eval_shape(algorithm.init, key, variables)
-  return temp_bytes(algorithm.run_round, state, data, key, mesh=mesh)
+  """Temporary memory per device of one compiled `algorithm.run_round`."""
+  compiled = compile_round(algorithm, variables, data, mesh)
+  return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
 def chunk_for_budget(
