@@ -16,19 +16,21 @@ The script measures, in one run:
                      (`Compiled.memory_analysis()`, per device) at
                      `--memory_cohorts`, with the chunk size picked from
                      `--memory_budget_mb` (`fedjax_med.core.memory`), next to
-                     the unchunked round's.
+                     the unchunked round's. The budget bounds the peak:
+                     the arguments (the population's data and the state),
+                     the outputs and the temporaries.
   FLOP/s             the CNN round's floating-point operations over its
                      median seconds, against the best of `--matmul_repeats`
                      float32 matmuls of `--matmul_size`. XLA's
                      `cost_analysis` counts a loop body once, whatever its
-                     trip count, so the round's count is that of one local
-                     step of one client (a program without loops) times the
-                     local steps and the clients per round; the server step
-                     is left out.
+                     trip count. So the round's count is that of one local
+                     step of one client (a program without loops), times
+                     the local steps and the clients per round. The server
+                     step is left out.
 
 Workloads: the zoo MLP (one hidden layer of 64) on the 64 digits features,
 and the zoo CNN (convolution as image patches times a matrix) on 8x8x1
-digits images. Each of the `--num_clients` clients holds `--client_rows`
+digits images. Each of the `--num_clients` clients has `--client_rows`
 rows drawn with replacement from the 1797 digits, so that 10 000 clients
 have data; the population is the same at every cohort size. Every client
 runs `--num_local_steps` SGD steps of `--batch_size`.
@@ -112,7 +114,7 @@ flags.DEFINE_integer("client_rows", 16, "Rows each client holds.")
 flags.DEFINE_list(
   "mlp_cohorts", ["10", "100", "1000", "10000"], "MLP clients per round."
 )
-# On 2 CPU cores the CNN round takes about 2.5 ms per client, so the
+# On 2 shared CPU cores the CNN round took 5 to 8 ms per client, so the
 # default stops at 1000 clients per round; --device=gpu can go further.
 flags.DEFINE_list(
   "cnn_cohorts", ["10", "100", "1000"], "CNN clients per round."
@@ -125,10 +127,11 @@ flags.DEFINE_list(
 flags.DEFINE_list(
   "memory_cohorts", ["100", "1000", "10000"], "MLP cohorts of the memory run."
 )
+# The 10 000 clients' data take 40 MB, so 64 MB leaves 24 MB for chunks.
 flags.DEFINE_float(
   "memory_budget_mb",
-  16.0,
-  "Temporary memory per device allowed in the memory run, in MB.",
+  64.0,
+  "Peak memory per device allowed in the memory run, in MB.",
 )
 flags.DEFINE_integer(
   "clients_per_chunk", 50, "Clients vmapped together in the timed rounds."
@@ -228,7 +231,9 @@ def time_alternating(
   affects all of them alike.
 
   Returns:
-    Per way: the median and every timed round's seconds, and round 0's.
+    Per way: the median, the minimum and every timed round's seconds, and
+    round 0's. On a shared machine the minimum is the least disturbed by
+    other processes.
   """
 
   def seconds(run, r):
@@ -244,6 +249,7 @@ def time_alternating(
   return {
     way: {
       "median_seconds": statistics.median(timed[way]),
+      "min_seconds": min(timed[way]),
       "round_seconds": timed[way],
       "first_round_seconds": first[way],
     }
@@ -342,8 +348,10 @@ def time_workload(workload: Workload, cohorts: list[int]) -> list[dict]:
         )
     row.update(time_alternating(runs, option("rounds")))
     compiled_median = row["compiled"]["median_seconds"]
+    compiled_min = row["compiled"]["min_seconds"]
     for way, carry in carries.items():
       row[f"{way}_ratio"] = row[way]["median_seconds"] / compiled_median
+      row[f"{way}_min_ratio"] = row[way]["min_seconds"] / compiled_min
       # Round 0 of every way started from the same state and key.
       row[f"{way}_max_abs_diff"] = max_abs_diff(
         compiled_carry["first_params"], carry["first_params"]
@@ -370,7 +378,7 @@ def memory_rows(workload: Workload, budget_mb: float) -> list[dict]:
       return analyses[chunk]
 
     chunk = memory.chunk_for_budget(
-      lambda chunk, analyze=analyze: analyze(chunk).temp_size_in_bytes,
+      lambda chunk, analyze=analyze: memory.peak_bytes(analyze(chunk)),
       clients_per_round,
       budget_bytes,
     )
@@ -382,8 +390,9 @@ def memory_rows(workload: Workload, budget_mb: float) -> list[dict]:
         "argument_bytes": int(analysis.argument_size_in_bytes),
         "output_bytes": int(analysis.output_size_in_bytes),
         "alias_bytes": int(analysis.alias_size_in_bytes),
+        "peak_bytes": memory.peak_bytes(analysis),
       }
-    row["within_budget"] = row["chunked"]["temp_bytes"] <= budget_bytes
+    row["within_budget"] = row["chunked"]["peak_bytes"] <= budget_bytes
     rows.append(row)
     print(f"memory at {clients_per_round} clients: done", flush=True)
   return rows
@@ -446,7 +455,7 @@ def flops_rows(workload: Workload, timing: list[dict], peak: dict) -> dict:
 
 
 def flower_simulation_row() -> dict:
-  """The slot for a Flower simulation's seconds per round (not measured)."""
+  """Builds the placeholder row of a Flower simulation's seconds per round."""
   return {
     "status": "not measured",
     "seconds_per_round": None,
@@ -456,11 +465,20 @@ def flower_simulation_row() -> dict:
 
 
 def check_target(mlp_rows: list[dict]) -> dict:
+  """Compares the FedJAX-style loop with the compiled round at 1000 clients.
+
+  `met` uses the median rounds; `met_on_min` the fastest rounds.
+  """
   for row in mlp_rows:
     if row["clients_per_round"] == TARGET_COHORT and "fedjax_loop" in row:
-      ratio = row["fedjax_loop_ratio"]
-      met = ratio >= TARGET_RATIO
-      return {"min_ratio": TARGET_RATIO, "ratio": ratio, "met": met}
+      ratio, min_ratio = row["fedjax_loop_ratio"], row["fedjax_loop_min_ratio"]
+      return {
+        "min_ratio": TARGET_RATIO,
+        "ratio": ratio,
+        "met": ratio >= TARGET_RATIO,
+        "ratio_on_min": min_ratio,
+        "met_on_min": min_ratio >= TARGET_RATIO,
+      }
   return {"min_ratio": TARGET_RATIO, "ratio": None, "met": None}
 
 
@@ -468,11 +486,15 @@ def format_timing(name: str, rows: list[dict]) -> list[str]:
   lines = []
   for row in rows:
     cells = [name, str(row["clients_per_round"])]
-    cells.append(f"{row['compiled']['median_seconds']:.4f}")
+    compiled = row["compiled"]
+    cells.append(
+      f"{compiled['median_seconds']:.4f} / {compiled['min_seconds']:.4f}"
+    )
     for way in ("loop", "fedjax_loop"):
       if way in row:
         cells.append(
-          f"{row[way]['median_seconds']:.4f} ({row[f'{way}_ratio']:.1f}x)"
+          f"{row[way]['median_seconds']:.4f} / {row[way]['min_seconds']:.4f} "
+          f"({row[f'{way}_ratio']:.1f}x / {row[f'{way}_min_ratio']:.1f}x)"
         )
       else:
         cells.append("-")
@@ -488,9 +510,10 @@ def format_timing(name: str, rows: list[dict]) -> list[str]:
 
 def format_tables(results: dict) -> dict[str, str]:
   timing = [
-    "| model | clients/round | compiled s/round | per-client-jit loop "
-    "s/round (loop/compiled) | FedJAX-style loop s/round (loop/compiled) | "
-    "max abs diff, round 1 | compiled 1st round s (with compile) |",
+    "| model | clients/round | compiled s/round (median / min) | "
+    "per-client-jit loop s/round (loop/compiled) | FedJAX-style loop "
+    "s/round (loop/compiled) | max abs diff, round 1 | compiled 1st round "
+    "s (with compile) |",
     "|---|---:|---:|---:|---:|---:|---:|",
   ]
   for name in ("mlp", "cnn"):
@@ -498,14 +521,17 @@ def format_tables(results: dict) -> dict[str, str]:
   budget = results["memory"]["budget_mb"]
   mem = [
     f"| clients/round | clients/chunk (budget {budget:g} MB) | temp MB "
-    "chunked | temp MB unchunked | arguments MB | within budget |",
-    "|---:|---:|---:|---:|---:|---|",
+    "chunked | temp MB unchunked | peak MB chunked | peak MB unchunked | "
+    "arguments MB | within budget |",
+    "|---:|---:|---:|---:|---:|---:|---:|---|",
   ]
   for row in results["memory"]["rows"]:
     mem.append(
       f"| {row['clients_per_round']} | {row['clients_per_chunk']} "
       f"| {row['chunked']['temp_bytes'] / MIB:.2f} "
       f"| {row['unchunked']['temp_bytes'] / MIB:.2f} "
+      f"| {row['chunked']['peak_bytes'] / MIB:.2f} "
+      f"| {row['unchunked']['peak_bytes'] / MIB:.2f} "
       f"| {row['chunked']['argument_bytes'] / MIB:.2f} "
       f"| {'yes' if row['within_budget'] else 'NO'} |"
     )
@@ -641,7 +667,10 @@ def main(argv):
     print(
       f"Target: compiled >= {TARGET_RATIO:g}x faster than the FedJAX-style "
       f"loop at {TARGET_COHORT} MLP clients per round: "
-      f"{target['ratio']:.1f}x ({'met' if target['met'] else 'NOT met'})."
+      f"{target['ratio']:.1f}x on medians "
+      f"({'met' if target['met'] else 'NOT met'}), "
+      f"{target['ratio_on_min']:.1f}x on the fastest rounds "
+      f"({'met' if target['met_on_min'] else 'NOT met'})."
     )
   print(f"Command: {command}")
   print(f"Results: {output}")

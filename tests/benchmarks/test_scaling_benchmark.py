@@ -74,9 +74,15 @@ def test_quick_timing_rows(quick_run):
     for row in rows:
       compiled = row["compiled"]["median_seconds"]
       assert compiled > 0
+      fastest = row["compiled"]["min_seconds"]
+      assert fastest <= compiled
       for way in ("loop", "fedjax_loop"):
         ratio = row[way]["median_seconds"] / compiled
         np.testing.assert_allclose(row[f"{way}_ratio"], ratio, rtol=1e-9)
+        min_ratio = row[way]["min_seconds"] / fastest
+        np.testing.assert_allclose(
+          row[f"{way}_min_ratio"], min_ratio, rtol=1e-9
+        )
         # Round 1 of every way gives the same parameters.
         assert row[f"{way}_max_abs_diff"] < 1e-4
 
@@ -89,8 +95,17 @@ def test_quick_memory_within_budget(quick_run):
   assert [r["clients_per_round"] for r in rows] == [16, 64]
   for row in rows:
     assert row["within_budget"]
-    assert row["chunked"]["temp_bytes"] <= QUICK_BUDGET_MB * 2**20
+    assert row["chunked"]["peak_bytes"] <= QUICK_BUDGET_MB * 2**20
     assert 1 <= row["clients_per_chunk"] <= row["clients_per_round"]
+    for label in ("chunked", "unchunked"):
+      sizes = row[label]
+      expected = (
+        sizes["argument_bytes"]
+        + sizes["output_bytes"]
+        + sizes["temp_bytes"]
+        - sizes["alias_bytes"]
+      )
+      assert sizes["peak_bytes"] == expected
   largest = rows[-1]
   assert (
     largest["unchunked"]["temp_bytes"] > 2 * largest["chunked"]["temp_bytes"]
