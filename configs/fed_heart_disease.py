@@ -74,8 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   # XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts.
   config.cohort.num_devices = 0
   # With clients_per_chunk = 0, a budget > 0 picks the largest chunk whose
-  # compiled round needs at most this many MB of temporary memory per device
-  # (the round is compiled at a few chunk sizes first); 0 means no budget.
+  # compiled round peaks at most at this many MB per device, the state and
+  # data included (the round is compiled at a few chunk sizes first); 0
+  # means no budget.
   config.cohort.memory_budget_mb = 0.0
   config.cohort.weighting = "example"
 

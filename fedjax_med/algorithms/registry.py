@@ -28,8 +28,8 @@ FedAvg-family algorithm; an absent section means no compression.
 `cohort.num_devices` shards every round's cohort over the first that many
 devices (`fedjax_med.core.sharding.client_mesh`); 0 or 1 runs on one device.
 With `cohort.clients_per_chunk = 0` and `cohort.memory_budget_mb > 0`, the
-chunk size is the largest whose compiled round needs at most that much
-temporary memory per device (`chunk_for_memory_budget`).
+chunk size is the largest whose compiled round has a peak of at most that
+many MB per device (`chunk_for_memory_budget`).
 """
 
 from __future__ import annotations
@@ -238,9 +238,9 @@ def chunk_for_memory_budget(
   """Picks the largest `clients_per_chunk` whose round fits `budget_mb`.
 
   The round is compiled, not run, at a few chunk sizes (see
-  `fedjax_med.core.memory.chunk_for_budget`); the budget bounds XLA's
-  temporary memory per device, which excludes the round's inputs and
-  outputs (the model, the stacked client states and the data).
+  `fedjax_med.core.memory.chunk_for_budget`). The budget bounds the peak
+  memory per device that XLA reports for the compiled round: its inputs
+  (the state and the data), outputs and temporaries.
   """
   if budget_mb < 0:
     raise ValueError(
@@ -261,16 +261,16 @@ def chunk_for_memory_budget(
       variables,
     )
 
-  def temp_bytes_at(chunk: int) -> int:
+  def bytes_at(chunk: int) -> int:
     algorithm = _build(
       config, model, data, cohort._replace(clients_per_chunk=chunk)
     )
-    return memory.round_temp_bytes(algorithm, variables, data, cohort.mesh)
+    return memory.round_peak_bytes(algorithm, variables, data, cohort.mesh)
 
   num_devices = 1 if cohort.mesh is None else cohort.mesh.devices.size
   capacity = -(-cohort.clients_per_round // num_devices)
   return memory.chunk_for_budget(
-    temp_bytes_at, capacity, int(budget_mb * memory.MIB)
+    bytes_at, capacity, int(budget_mb * memory.MIB)
   )
 
 

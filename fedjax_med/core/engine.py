@@ -123,6 +123,8 @@ def map_cohort(
       # With check_vma, the broadcast inputs that client_fn closes over
       # are invariant across devices, and the gradient of a client's loss
       # with respect to them would be psummed over every device's clients.
+      # NOTE: differentiating through map_cohort itself under a mesh (a
+      # gradient of the aggregate) is untested.
       check_vma=False,
     )(ids, mask)
   per_client = jax.tree.map(lambda leaf: leaf[:capacity], per_client)

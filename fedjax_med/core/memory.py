@@ -1,13 +1,16 @@
 """A cohort chunk size chosen from a memory budget.
 
-The memory that a round needs beyond its inputs and outputs grows about
-linearly with the clients vmapped together (`clients_per_chunk`), and not
-with the cohort: `engine.map_cohort` keeps one chunk's intermediates live at
-a time. `chunk_for_budget` measures XLA's compiled temporary memory
-(`Compiled.memory_analysis().temp_size_in_bytes`, per device) at two chunk
-sizes and follows that line to a pick. It compiles the pick to check it, and
-for a few more compilations refines it between the largest chunk known to fit
-and the smallest known not to.
+A compiled round's peak memory per device is its inputs (the state and the
+federated data), its outputs and its temporaries, less the inputs whose
+buffers the outputs reuse (`Compiled.memory_analysis()`). Only the
+temporaries depend on the chunk size: they grow about linearly with the
+clients vmapped together (`clients_per_chunk`), and not with the cohort,
+because `engine.map_cohort` keeps one chunk's intermediates live at a time.
+
+`chunk_for_budget` measures the peak at two chunk sizes and follows the line
+through them to a pick. It compiles the pick to check it, and for a few more
+compilations refines it between the largest chunk known to fit and the
+smallest known not to.
 """
 
 from __future__ import annotations
@@ -30,42 +33,63 @@ _MAX_SEARCH_STEPS = 4
 MIB = 2**20
 
 
-def temp_bytes(fn: Callable, *args: Any, mesh: Mesh | None = None) -> int:
-  """Compiles `fn(*args)` and returns its temporary memory per device."""
-  compiled = sharding.jit_round(fn, mesh).lower(*args).compile()
-  return int(compiled.memory_analysis().temp_size_in_bytes)
-
-
-def round_temp_bytes(
+def compile_round(
   algorithm: FederatedAlgorithm,
   variables: Any,
   data: Any,
   mesh: Mesh | None = None,
-) -> int:
-  """Temporary memory per device of one compiled `algorithm.run_round`.
+) -> jax.stages.Compiled:
+  """Compiles (does not run) one `algorithm.run_round`.
 
   Args:
-    algorithm: The algorithm whose round is compiled (not run).
+    algorithm: The algorithm whose round is compiled.
     variables: The model's variables, or their `jax.ShapeDtypeStruct`s.
     data: The federated data the round trains on.
     mesh: The mesh the round shards its cohort over, or None.
   """
   key = jax.random.PRNGKey(0)
   state = jax.eval_shape(algorithm.init, key, variables)
-  return temp_bytes(algorithm.run_round, state, data, key, mesh=mesh)
+  run_round = sharding.jit_round(algorithm.run_round, mesh)
+  return run_round.lower(state, data, key).compile()
+
+
+def peak_bytes(analysis: Any) -> int:
+  """Peak memory per device of a compiled program, from its memory analysis.
+
+  Inputs, outputs and temporaries are live together at the peak; inputs
+  aliased to outputs count once.
+  """
+  return int(
+    analysis.argument_size_in_bytes
+    + analysis.output_size_in_bytes
+    + analysis.temp_size_in_bytes
+    - analysis.alias_size_in_bytes
+  )
+
+
+def round_peak_bytes(
+  algorithm: FederatedAlgorithm,
+  variables: Any,
+  data: Any,
+  mesh: Mesh | None = None,
+) -> int:
+  """Peak memory per device of one compiled `algorithm.run_round`."""
+  compiled = compile_round(algorithm, variables, data, mesh)
+  return peak_bytes(compiled.memory_analysis())
 
 
 def chunk_for_budget(
-  temp_bytes_at: Callable[[int], int],
+  bytes_at: Callable[[int], int],
   capacity: int,
   budget_bytes: int,
 ) -> int:
-  """Finds the largest chunk size whose temporary memory fits the budget.
+  """Finds the largest chunk size whose round fits the memory budget.
 
   Args:
-    temp_bytes_at: Compiled temporary memory of a round for a chunk size.
+    bytes_at: Memory of a compiled round for a chunk size, such as
+      `round_peak_bytes`.
     capacity: Cohort slots per device, the largest useful chunk.
-    budget_bytes: Temporary memory allowed per device.
+    budget_bytes: Memory allowed per device.
 
   Raises:
     ValueError: If even one client per chunk exceeds the budget.
@@ -74,16 +98,17 @@ def chunk_for_budget(
 
   def measure(chunk: int) -> int:
     if chunk not in measured:
-      measured[chunk] = temp_bytes_at(chunk)
+      measured[chunk] = bytes_at(chunk)
     return measured[chunk]
 
   smallest = measure(1)
   if smallest > budget_bytes:
     raise ValueError(
       f"memory_budget_mb={budget_bytes / MIB:.1f} is below the "
-      f"{smallest / MIB:.1f} MB of temporary memory that a round needs with "
-      "one client per chunk; raise cohort.memory_budget_mb, or set it to 0 "
-      "and choose cohort.clients_per_chunk yourself."
+      f"{smallest / MIB:.1f} MB per device that a round needs with one "
+      "client per chunk (the state and data included); raise "
+      "cohort.memory_budget_mb, or set it to 0 and choose "
+      "cohort.clients_per_chunk yourself."
     )
   if capacity == 1:
     return 1
@@ -117,8 +142,8 @@ def chunk_for_budget(
       upper = chunk
   chunk = lower
   logging.info(
-    "cohort.memory_budget_mb=%.1f: clients_per_chunk=%d, with %.2f MB of "
-    "temporary memory per device (%.2f MB at one client; %d compilations).",
+    "cohort.memory_budget_mb=%.1f: clients_per_chunk=%d, with a peak of "
+    "%.2f MB per device (%.2f MB at one client; %d compilations).",
     budget_bytes / MIB,
     chunk,
     measure(chunk) / MIB,

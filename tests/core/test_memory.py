@@ -16,24 +16,24 @@ MIB = memory.MIB
 
 
 def test_budget_chunk_is_largest_on_a_line():
-  # Temporary memory 1000 + 300 c bytes: a budget of 4000 fits c = 10.
-  def temp_bytes_at(chunk):
+  # A peak of 1000 + 300 c bytes: a budget of 4000 fits c = 10.
+  def bytes_at(chunk):
     return 1000 + 300 * chunk
 
-  assert memory.chunk_for_budget(temp_bytes_at, 64, 4000) == 10
-  assert memory.chunk_for_budget(temp_bytes_at, 6, 4000) == 6
-  assert memory.chunk_for_budget(temp_bytes_at, 64, 1300) == 1
+  assert memory.chunk_for_budget(bytes_at, 64, 4000) == 10
+  assert memory.chunk_for_budget(bytes_at, 6, 4000) == 6
+  assert memory.chunk_for_budget(bytes_at, 64, 1300) == 1
 
 
 def test_budget_chunk_fits_convex_growth():
   # Growth faster than the line through chunks 1 and 8 makes the first
   # pick too large, so the search must come back to one that fits.
-  def temp_bytes_at(chunk):
+  def bytes_at(chunk):
     return 1000 + 50 * chunk**2
 
   budget = 20_000
-  chunk = memory.chunk_for_budget(temp_bytes_at, 1000, budget)
-  assert temp_bytes_at(chunk) <= budget
+  chunk = memory.chunk_for_budget(bytes_at, 1000, budget)
+  assert bytes_at(chunk) <= budget
   assert chunk >= 10  # The largest fit is 19.
 
 
@@ -63,13 +63,14 @@ def _mlp_round_setup(clients_per_round, budget_mb):
 @pytest.mark.slow
 def test_budget_round_memory_stays_within_budget(caplog):
   # A 32-256-2 MLP, 2 local steps of 20 rows: unchunked, a round of 200
-  # clients needs about 28 MB of temporary memory on CPU.
+  # clients needs about 28 MB of temporary memory on CPU, chunks of one
+  # client 0.1 MB, next to 0.5 MB of data.
   budget_mb = 2.5
   config, model, data, variables = _mlp_round_setup(200, budget_mb)
   with caplog.at_level(logging.INFO):
     algorithm = registry.build_algorithm(config, model, data)
   assert "clients_per_chunk=" in caplog.text
-  used = memory.round_temp_bytes(algorithm, variables, data)
+  used = memory.round_peak_bytes(algorithm, variables, data)
   assert used <= budget_mb * MIB
   # The pick uses the budget, not just one client per chunk.
   assert used >= 0.5 * budget_mb * MIB

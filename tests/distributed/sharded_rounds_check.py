@@ -23,6 +23,8 @@ from fedjax_med import losses  # noqa: E402
 from fedjax_med.algorithms import fedavg as fedavg_lib  # noqa: E402
 from fedjax_med.algorithms import newton, scaffold  # noqa: E402
 from fedjax_med.core import sharding  # noqa: E402
+from fedjax_med.decentralized import algorithms as decentralized  # noqa: E402
+from fedjax_med.decentralized import topology  # noqa: E402
 from tests import toy  # noqa: E402
 
 DEVICE_COUNTS = (1, 4, 8)
@@ -54,6 +56,13 @@ def _algorithms(model, mesh):
       loss_fn=losses.cross_entropy,
       line_search=True,
     ),
+    "dpsgd": decentralized.dpsgd(
+      model,
+      topology.make_graph("ring", num_clients).mixing_matrix,
+      client=client,
+      clients_per_chunk=2,
+      mesh=mesh,
+    ),
   }
 
 
@@ -69,10 +78,12 @@ def _run(algorithm, data, variables, mesh):
   data = sharding.replicate(data, mesh)
   for r in range(NUM_ROUNDS):
     state, metrics = run_round(state, data, jax.random.fold_in(KEY, r))
-  params = jax.tree.map(lambda x: np.asarray(x).tolist(), state.params)
+  params = jax.tree.map(
+    lambda x: np.asarray(x).tolist(), algorithm.global_variables(state)
+  )
   return {
     "params": params,
-    "loss": float(metrics.get("train_loss", jnp.nan)),
+    "loss": float(metrics["train_loss"]),
     "traces": len(traces),
   }
 

@@ -12,6 +12,7 @@ import pytest
 from fedjax_med.core import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+ALGORITHMS = ("fedavg", "scaffold", "newton", "dpsgd")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def sharded_results():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fedavg", "scaffold", "newton"])
+@pytest.mark.parametrize("name", ALGORITHMS)
 @pytest.mark.parametrize("num_devices", [4, 8])
 def test_sharded_round_matches_one_device(sharded_results, name, num_devices):
   assert sharded_results["device_count"] == 8
@@ -50,7 +51,7 @@ def test_sharded_round_matches_one_device(sharded_results, name, num_devices):
 @pytest.mark.slow
 @pytest.mark.parametrize("num_devices", [1, 4, 8])
 def test_sharded_round_compiles_once(sharded_results, num_devices):
-  for name in ("fedavg", "scaffold", "newton"):
+  for name in ALGORITHMS:
     assert sharded_results[f"{name}/{num_devices}"]["traces"] == 1, name
 
 
