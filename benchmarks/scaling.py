@@ -47,6 +47,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import os
+import pathlib
 import shlex
 import statistics
 import sys
@@ -72,12 +73,16 @@ from fedjax_med.models.registry import get_model
 from fedjax_med.training import run_metadata
 from fedjax_med.training.experiment import write_json
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICES = ("cpu", "gpu")
 MIB = memory.MIB
 # The compiled round must beat the FedJAX-style loop by this factor at this
 # cohort size, on the MLP.
 TARGET_RATIO = 10.0
 TARGET_COHORT = 1000
+# The compiled round against Flower's simulation engine on a small model.
+FLOWER_TARGET_RATIO = 100.0
+FLOWER_OVERRIDES = "client.num_local_steps=1"
 
 # Sizes that --quick sets unless the flag is passed explicitly.
 QUICK_VALUES = {
@@ -96,6 +101,14 @@ QUICK_VALUES = {
   "clients_per_chunk": 4,
 }
 
+_FLOWER_SIMULATION = flags.DEFINE_bool(
+  "flower_simulation",
+  True,
+  "Also time configs/breast_cancer_fedavg.py (logistic regression, 10 "
+  "clients per round, 1 local step) under Flower's simulation engine and "
+  "as the compiled round; needs the flower extra and unshare. --quick "
+  "turns it off unless passed.",
+)
 _DEVICE = flags.DEFINE_enum(
   "device", "cpu", DEVICES, "Platform to run on; gpu fails without a GPU."
 )
@@ -454,13 +467,60 @@ def flops_rows(workload: Workload, timing: list[dict], peak: dict) -> dict:
   return {"local_step_flops": step, "rows": rows}
 
 
-def flower_simulation_row() -> dict:
-  """Builds the placeholder row of a Flower simulation's seconds per round."""
+def flower_simulation_row(enabled: bool, rounds: int) -> dict:
+  """Times one workload under Flower's simulation engine and compiled.
+
+  Both run `FLOWER_OVERRIDES` of configs/breast_cancer_fedavg.py in this
+  run: Flower's ServerApp and ClientApps under `run_simulation` (see
+  `fedjax_med.distributed.flower.simulation`), and the compiled
+  `run_round` of the same config, timed round by round after a first
+  round that compiles.
+  """
+  if not enabled:
+    return {"status": "not measured", "seconds_per_round": None}
+  from fedjax_med.distributed.flower import federation as federation_lib
+  from fedjax_med.distributed.flower import simulation as flower_simulation
+  from fedjax_med.training import experiment
+
+  flower = flower_simulation.flower_seconds_per_round(
+    flower_simulation.DEFAULT_CONFIG,
+    FLOWER_OVERRIDES,
+    num_rounds=max(rounds, 2) + 2,
+  )
+  config = federation_lib.load_config(
+    str(flower_simulation.DEFAULT_CONFIG), FLOWER_OVERRIDES
+  )
+  data = experiment.load_data(config)
+  model = experiment.build_model(config, data)
+  algorithm = experiment.build_algorithm(config, model, data)
+  init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = algorithm.init(
+    init_key, model.init(init_key, jnp.asarray(data.train.x[0, :1]))
+  )
+  run_round = jax.jit(algorithm.run_round)
+  device_data = jax.device_put(data)
+  states = [state]
+
+  def compiled(r):
+    states[0], metrics = run_round(
+      states[0], device_data, jax.random.fold_in(run_key, r)
+    )
+    return metrics
+
+  timing = time_alternating({"compiled": compiled}, max(rounds, 10))
+  compiled_seconds = timing["compiled"]["median_seconds"]
+  ratio = flower["seconds_per_round"] / compiled_seconds
   return {
-    "status": "not measured",
-    "seconds_per_round": None,
-    "note": "Filled in by a Flower simulation timing function when one "
-    "exists; the workload is the MLP at the loop cohorts.",
+    "status": "measured",
+    "config": str(flower_simulation.DEFAULT_CONFIG.relative_to(ROOT)),
+    "overrides": FLOWER_OVERRIDES,
+    "clients_per_round": flower["clients_per_round"],
+    "seconds_per_round": flower["seconds_per_round"],
+    "flower_round_seconds": flower["round_seconds"],
+    "compiled": timing["compiled"],
+    "ratio": ratio,
+    "min_ratio": FLOWER_TARGET_RATIO,
+    "met": ratio >= FLOWER_TARGET_RATIO,
   }
 
 
@@ -598,7 +658,11 @@ def main(argv):
     "memory": memory_results,
     "flops": flops,
     "target": check_target(timing["mlp"]),
-    "flower_simulation": flower_simulation_row(),
+    "flower_simulation": flower_simulation_row(
+      _FLOWER_SIMULATION.value
+      and (not _QUICK.value or flags.FLAGS["flower_simulation"].present),
+      option("rounds"),
+    ),
   }
   tables = format_tables(results)
   metadata = run_metadata.collect_metadata(command)
@@ -671,6 +735,16 @@ def main(argv):
       f"({'met' if target['met'] else 'NOT met'}), "
       f"{target['ratio_on_min']:.1f}x on the fastest rounds "
       f"({'met' if target['met_on_min'] else 'NOT met'})."
+    )
+  flower = results["flower_simulation"]
+  if flower["status"] == "measured":
+    print(
+      f"Flower simulation engine: {flower['seconds_per_round']:.3f} s per "
+      f"round against {flower['compiled']['median_seconds'] * 1e3:.2f} ms "
+      f"compiled on {flower['config']} ({flower['overrides']}, "
+      f"{flower['clients_per_round']} clients per round): "
+      f"{flower['ratio']:.0f}x (target {FLOWER_TARGET_RATIO:g}x, "
+      f"{'met' if flower['met'] else 'NOT met'})."
     )
   print(f"Command: {command}")
   print(f"Results: {output}")
