@@ -197,7 +197,8 @@ def format_table(results: dict[str, dict]) -> str:
     runs = result["runs"]
     first = runs[0]
     ratio = "n/a"
-    if full_uplink is not None:
+    # The ratio compares fine-tuning methods of one encoder only.
+    if full_uplink is not None and method != "tabular_lr":
       ratio = f"{full_uplink / first['uplink_bytes_per_round']:.1f}"
     seconds = np.median([run["seconds_per_round"] for run in runs])
     lines.append(

@@ -92,22 +92,18 @@ def _run(config, model, data, rounds):
   return variables, state, history, traces
 
 
-@pytest.fixture(scope="module")
-def lora_run(pretrained, data):
-  model = _model(pretrained)
-  return (model, *_run(_config(), model, data, rounds=2))
-
-
 @pytest.mark.slow
-def test_lora_round_compiles_once(lora_run):
-  _, _, state, _, traces = lora_run
+def test_lora_rounds(pretrained, data):
+  # One run for every check, because under pytest-xdist a module fixture
+  # would train once per worker.
+  model = _model(pretrained)
+  variables, state, history, traces = _run(_config(), model, data, rounds=2)
+
+  # The round compiles once.
   assert len(traces) == 1
   assert int(state.round) == 2
 
-
-@pytest.mark.slow
-def test_lora_state_holds_only_adapters(lora_run):
-  _, variables, state, _, _ = lora_run
+  # The state holds only the adapters and the head, and B has moved.
   assert jax.tree.structure(state.params) == jax.tree.structure(
     variables["params"]
   )
@@ -117,23 +113,15 @@ def test_lora_state_holds_only_adapters(lora_run):
   lora_b = state.params["encoder"]["layer_0"]["attention"]["query"]["lora_b"]
   assert np.any(np.asarray(lora_b) != 0)
 
-
-@pytest.mark.slow
-def test_lora_bytes_count_adapters_only(lora_run):
-  _, variables, _, history, _ = lora_run
+  # Bytes: 2 adapted layers of rank 2 on 384 features and the 385-weight
+  # head; each sender sends the float32 delta and the float32 weight.
   trainable = count_params(variables["params"])
-  # 2 adapted layers of rank 2 on 384 features, and the 385-weight head.
   assert trainable == 2 * 2 * (2 * 384) + 385
   senders = sum(n > 0 for n in SIZES)
   for metrics in history:
-    # The float32 delta plus the float32 aggregation weight, per sender.
     assert int(metrics["uplink_bytes"]) == senders * (4 * trainable + 4)
     assert int(metrics["downlink_bytes"]) == len(SIZES) * 4 * trainable
 
-
-@pytest.mark.slow
-def test_lora_round_keeps_base_weights(lora_run, pretrained, data):
-  model, _, state, _, _ = lora_run
   # With every B set back to zero the LoRA terms vanish, so what remains is
   # the frozen encoder, which must still be the checkpoint's.
   flat = traverse_util.flatten_dict(state.params)

@@ -14,9 +14,10 @@ SCRIPT = ROOT / "benchmarks" / "foundation.py"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-  output = tmp_path_factory.mktemp("benchmark") / "quick.json"
+def test_quick_run(tmp_path):
+  # One test for every check, because under pytest-xdist a module fixture
+  # would run the benchmark once per worker.
+  output = tmp_path / "quick.json"
   result = subprocess.run(
     [sys.executable, str(SCRIPT), "--quick", f"--output={output}"],
     cwd=ROOT,
@@ -25,11 +26,8 @@ def quick_run(tmp_path_factory):
     check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(output.read_text()), result.stdout
+  payload = json.loads(output.read_text())
 
-
-def test_quick_payload_keys(quick_run):
-  payload, _ = quick_run
   assert set(payload) == {
     "metadata",
     "quick",
@@ -42,11 +40,8 @@ def test_quick_payload_keys(quick_run):
   assert payload["seeds"] == [0]
   assert set(payload["results"]) == {"lora", "tabular_lr"}
 
-
-def test_quick_bytes_match_trainable_params(quick_run):
-  payload, _ = quick_run
-  for method, result in payload["results"].items():
-    for run in result["runs"]:
+  for method, result_of_method in payload["results"].items():
+    for run in result_of_method["runs"]:
       params = run["trainable_params"]
       # Four hospitals send a float32 delta and a float32 weight each, and
       # receive the float32 model.
@@ -54,16 +49,10 @@ def test_quick_bytes_match_trainable_params(quick_run):
       assert run["downlink_bytes_per_round"] == 4 * 4 * params, method
       assert 0.0 <= run["pooled_accuracy"] <= 1.0
 
-
-def test_quick_round_counts(quick_run):
-  payload, _ = quick_run
   assert payload["results"]["lora"]["runs"][0]["num_rounds"] == 2
   # The tabular baseline keeps its config's rounds.
   assert payload["results"]["tabular_lr"]["runs"][0]["num_rounds"] == 50
 
-
-def test_quick_table_printed(quick_run):
-  payload, stdout = quick_run
   assert "| MiniLM + LoRA" in payload["table"]
   assert "| Tabular logistic regression" in payload["table"]
-  assert payload["table"] in stdout
+  assert payload["table"] in result.stdout
