@@ -117,6 +117,9 @@ def release_class_statistics(
 
   messages = jax.vmap(client_message)(jnp.arange(x.shape[0]))
   count, first, second = jax.tree.map(lambda a: jnp.sum(a, axis=0), messages)
+  # NOTE: the noisy count divides the sums, so when its noise is comparable
+  # to the class size (digits embeddings at noise multiplier 20) the means
+  # and covariances are dominated by noise.
   safe = jnp.maximum(count, 1.0)
   mean = first / safe[:, None]
   moment = second / safe[:, None, None]

@@ -16,6 +16,7 @@ def test_names():
     "tfds",
     "digits_long_tail",
     "digits_multidomain",
+    "digits_embeddings",
   )
 
 
