@@ -1,6 +1,6 @@
 """FedHypeVAE after training: DP class statistics, meta-codes, synthesis.
 
-The server never sees a client code `v_i`, so it synthesizes with a code of
+The server never receives a client code `v_i`, so it synthesizes with a code of
 its own. `fit_meta_codes` finds the neutral meta-code
 
     v_o = argmin_v sum_y ||E_z[x(z, y)] - mu^_y||^2

@@ -265,7 +265,7 @@ def load_clip_params(
   config_path = directory / CONFIG_FILE
   if not config_path.is_file():
     raise FileNotFoundError(
-      f"{config_path} is missing; a CLIP-format directory holds "
+      f"{config_path} is missing; a CLIP-format directory contains "
       f"{CONFIG_FILE} with text_config, vision_config and projection_dim."
     )
   config = read_clip_config(config_path)

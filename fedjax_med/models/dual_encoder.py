@@ -73,7 +73,7 @@ class DualEncoder(NamedTuple):
       `exp(logit_scale)`, 100 in the released checkpoints).
     token_width: Width of the token embeddings.
     embed_dim: Width of the shared embedding space.
-    max_length: Longest token sequence the text tower accepts.
+    max_length: Maximum token sequence length the text tower accepts.
   """
 
   encode_image: Callable[[PyTree, jax.Array], jax.Array]

@@ -55,7 +55,7 @@ def minilm_dual_encoder(
       them; read from the installed package when None.
     image_shape: `(height, width, channels)` of the images.
     channels: Convolution channels of the image tower.
-    max_length: Longest token sequence, [CLS] and [SEP] included.
+    max_length: Maximum token sequence length, [CLS] and [SEP] included.
     logit_scale: Multiplier of the cosine similarities.
 
   Returns:

@@ -208,7 +208,7 @@ def small_dual_encoder(
     embed_dim: Width of the shared embedding space.
     num_layers: Transformer layers of the text tower.
     num_heads: Attention heads of the text tower.
-    max_length: Longest token sequence, [CLS] and [SEP] included.
+    max_length: Maximum token sequence length, [CLS] and [SEP] included.
     channels: Convolution channels of the image tower.
     logit_scale: Multiplier of the cosine similarities.
 

@@ -7,12 +7,12 @@ closest to the text feature of its class prompt. The text tower and
 `logit_scale` stay fixed. With one text per class, the image-to-text half of
 CLIP's symmetric loss is the cross-entropy of
 `logit_scale * cos(f(x), t_c)` over the classes, which is what this trains.
-The text-to-image half is left out because a batch holds several images per
+The text-to-image half is left out because a batch contains several images per
 class. Several templates are averaged into one feature per class, as in
 CLIP's prompt ensembling.
 
 The result is a stand-in for pretraining on public data, not CLIP: the
-image tower sees only the classes and images it is given.
+image tower is trained on only the classes and images it is given.
 """
 
 from __future__ import annotations

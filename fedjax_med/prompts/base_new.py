@@ -65,7 +65,7 @@ def select_classes(
 
 def _fill_padding(split: ClientArrays) -> ClientArrays:
   # Padding rows repeat the client's real rows cyclically, so a learner
-  # that reads batch statistics (the generator's style option) sees the
+  # that reads batch statistics (the generator's style option) reads the
   # client's images only. Metrics still skip them through the mask.
   x = np.array(split.x)
   for k in range(split.num_clients):

@@ -7,7 +7,7 @@ Beach). It may point at its own copy of the data with
 `data-path="/site/file"`.
 The ClientApp loads only that site's rows (`sites.load_site_data`).
 
-Messages it answers:
+Messages it handles:
   * "query": reply with the site's `SiteSummary` (row count, feature sums
     and sums of squares, label histogram, test rows);
   * "train": rebuild the algorithm from the config and the `Federation`

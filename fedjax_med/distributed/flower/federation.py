@@ -1,4 +1,4 @@
-"""What the server and the sites share, and how both build the same round.
+"""Site summaries and the round that the server and every site build alike.
 
 Before the first round every site reports a summary of its training rows:
 their count, per-feature sum and sum of squares (the statistics the

@@ -14,7 +14,7 @@ names the experiment:
     the whole dataset and take its client's rows, for datasets without a
     per-site loader under Flower's simulation engine (`simulation.py`).
 
-The loop waits for the SuperNodes, asks each for its `SiteSummary`
+The loop waits for the SuperNodes, requests each one's `SiteSummary`
 ("query" message) and adds them up into a `Federation`. Every round it runs
 `pieces.begin` here and sends the broadcast to the sampled sites ("train"
 messages). It adds up their `summed` replies in float64 in cohort order and
