@@ -52,6 +52,16 @@ def masked_sum(tree: PyTree, mask: jax.Array) -> PyTree:
   """Sums every leaf over its leading axis, counting rows where `mask`."""
 
   def total(leaf):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      # A dot, not a reduction of `leaf * weights`: XLA:CPU ran that fused
+      # reduction several times slower (5 ms against under 1 ms for 200
+      # clients of a 64 x 64 matrix).
+      return jnp.tensordot(
+        mask.astype(leaf.dtype),
+        leaf,
+        axes=1,
+        precision=jax.lax.Precision.HIGHEST,
+      )
     weights = mask.astype(leaf.dtype).reshape((-1,) + (1,) * (leaf.ndim - 1))
     return jnp.sum(leaf * weights, axis=0)
 

@@ -1,13 +1,16 @@
 """Tests of cohort sampling, local batching and the chunked cohort map."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fedjax_med.core import client as client_lib
 from fedjax_med.core import engine, sampling
 from fedjax_med.core import tree as tree_lib
+from fedjax_med.models.registry import get_model
 
 
 def test_uniform_cohort_distinct_ids():
@@ -98,6 +101,88 @@ def test_empty_client_batch_is_fully_masked():
   )
   assert not np.asarray(mask).any()
   assert np.all(np.asarray(idx) < 8)
+
+
+@pytest.mark.parametrize(
+  "n",
+  [
+    1,
+    7,
+    client_lib.MAX_COUNTING_SORT_ROWS,
+    client_lib.MAX_COUNTING_SORT_ROWS + 1,
+    200,
+  ],
+)
+def test_stable_argsort_matches_numpy(n):
+  # Few distinct keys, so most entries tie: a stable sort keeps tied
+  # entries in index order. Above MAX_COUNTING_SORT_ROWS it takes the sort op.
+  rng = np.random.default_rng(n)
+  keys = rng.integers(0, 4, size=n).astype(np.float32)
+  keys[n // 2 :] = 2.0  # Padding rows share one key.
+  order = client_lib.stable_argsort(jnp.asarray(keys))
+  np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
+
+
+@pytest.mark.parametrize("num_examples", [0, 3, 10])
+def test_presampled_permutations_give_the_drawn_batches(
+  num_examples, monkeypatch
+):
+  # local_train draws every epoch's permutation up front when the table is
+  # small; batch_indices draws the two it needs otherwise. Same batches.
+  key, max_examples, steps = jax.random.PRNGKey(5), 10, 6
+  table = client_lib.epoch_permutations(
+    key, jnp.arange(steps + 1), jnp.asarray(num_examples), max_examples
+  )
+  for step in range(steps):
+    args = (key, jnp.asarray(step), jnp.asarray(num_examples), max_examples)
+    drawn = client_lib.batch_indices(*args, 4)
+    presampled = client_lib.batch_indices(*args, 4, table)
+    for a, b in zip(drawn, presampled, strict=True):
+      np.testing.assert_array_equal(a, b)
+
+  model = get_model("logistic_regression", num_classes=3, feature_shape=(4,))
+  x = jax.random.normal(jax.random.PRNGKey(6), (max_examples, 4))
+  batch = client_lib.ClientBatch(
+    x=x,
+    y=jnp.arange(max_examples) % 3,
+    num_examples=jnp.asarray(num_examples),
+  )
+  variables = model.init(jax.random.PRNGKey(7), x[:1])
+
+  def train():
+    return client_lib.local_train(
+      model,
+      variables,
+      batch,
+      key,
+      optimizer=optax.sgd(0.5),
+      num_steps=steps,
+      batch_size=4,
+    ).params
+
+  presampled = train()
+  monkeypatch.setattr(client_lib, "MAX_PRESAMPLED_ROWS", 0)
+  drawn = train()
+  chex.assert_trees_all_equal(presampled, drawn)
+  if num_examples:
+    assert not np.allclose(
+      presampled["Dense_0"]["kernel"], variables["params"]["Dense_0"]["kernel"]
+    )
+
+
+def test_masked_sum_counts_masked_rows_only():
+  rng = np.random.default_rng(0)
+  tree = {
+    "float": rng.normal(size=(6, 3, 2)).astype(np.float32),
+    "int": rng.integers(0, 9, size=(6,)).astype(np.int32),
+  }
+  mask = np.array([True, False, True, True, False, True])
+  total = tree_lib.masked_sum(jax.tree.map(jnp.asarray, tree), mask)
+  np.testing.assert_allclose(
+    total["float"], tree["float"][mask].sum(0), rtol=1e-6
+  )
+  assert total["int"].dtype == jnp.int32
+  assert int(total["int"]) == int(tree["int"][mask].sum())
 
 
 def _noise_client(key):
