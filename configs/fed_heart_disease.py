@@ -70,8 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.cohort.poisson_rate = 0.0  # Used when sampling="poisson".
   config.cohort.clients_per_chunk = 0  # 0 runs the whole cohort at once.
   # Devices to shard each round's cohort over: 0 or 1 runs on one device,
-  # N > 1 on the first N of jax.devices(). CPU runs can fake devices with
-  # XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts.
+  # N > 1 on the first N of jax.devices(). On a CPU, scripts/train.py makes
+  # N CPU devices (one thread each), so N up to the core count uses every
+  # core; XLA_FLAGS=--xla_force_host_platform_device_count=N takes precedence.
   config.cohort.num_devices = 0
   # With clients_per_chunk = 0, a budget > 0 picks the largest chunk whose
   # compiled round peaks at most at this many MB per device, the state and

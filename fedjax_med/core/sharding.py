@@ -9,6 +9,8 @@ function closes over.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,39 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 CLIENT_AXIS = "clients"
+_FORCED_COUNT = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
+
+
+def request_cpu_devices(num_devices: int | None) -> bool:
+  """Asks JAX for `num_devices` CPU devices before its backend starts.
+
+  On a CPU, each device runs its shard of the cohort on its own thread, so
+  `num_devices` up to the number of cores uses them all. The request is
+  left out when it cannot apply, and `client_mesh` then names the fix:
+  after the backend has started (any JAX computation or `jax.devices()`),
+  or when `XLA_FLAGS` already sets
+  `--xla_force_host_platform_device_count`, which it would override. It
+  does not touch GPUs or TPUs.
+
+  Args:
+    num_devices: Devices the run shards its cohort over; None, 0 or 1
+      asks for nothing.
+
+  Returns:
+    True if the request was made, False if it was left out.
+  """
+  if num_devices is None or num_devices <= 1:
+    return False
+  if _FORCED_COUNT.search(os.environ.get("XLA_FLAGS", "")):
+    return False
+  if jax.config.jax_num_cpu_devices >= num_devices:
+    return False
+  try:
+    jax.config.update("jax_num_cpu_devices", int(num_devices))
+  except RuntimeError:
+    # The backend has started; its device count is fixed.
+    return False
+  return True
 
 
 def client_mesh(num_devices: int | None) -> Mesh | None:
@@ -48,9 +83,9 @@ def client_mesh(num_devices: int | None) -> Mesh | None:
     raise ValueError(
       f"cohort.num_devices={num_devices} exceeds the {len(devices)} "
       f"{devices[0].platform} devices present; lower it, or on CPU fake "
-      "more devices by setting XLA_FLAGS="
-      f"--xla_force_host_platform_device_count={num_devices} before JAX "
-      "starts."
+      f"more devices with request_cpu_devices({num_devices}) or XLA_FLAGS="
+      f"--xla_force_host_platform_device_count={num_devices}, either one "
+      "before JAX starts."
     )
   return Mesh(np.asarray(devices[:num_devices]), (CLIENT_AXIS,))
 

@@ -253,6 +253,8 @@ def run_experiment(
     FloatingPointError: If the training loss becomes NaN or infinite; the
       last good checkpoint stays on disk.
   """
+  # A CPU run gets one device per shard if JAX has not started yet.
+  sharding.request_cpu_devices(config.cohort.get("num_devices", 0))
   # `float64 = True` runs in double precision (convex benchmarks); x64 is
   # switched on before anything is built and switched off afterwards.
   if config.get("float64", False) and not jax.config.jax_enable_x64:

@@ -1,0 +1,106 @@
+"""`request_cpu_devices` gives a CPU run one device per shard.
+
+Each case runs in a fresh process, because the CPU device count is fixed
+once JAX's backend starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def _run(code: str, xla_flags: str = "") -> dict:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
+  completed = subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert completed.returncode == 0, completed.stderr[-4000:]
+  lines = [
+    line for line in completed.stdout.splitlines() if line.startswith("RESULT ")
+  ]
+  assert len(lines) == 1, completed.stdout[-4000:]
+  return json.loads(lines[0][len("RESULT ") :])
+
+
+def test_request_before_start_makes_the_devices():
+  result = _run("""
+    import json, jax
+    from fedjax_med.core import sharding
+    made = sharding.request_cpu_devices(3)
+    again = sharding.request_cpu_devices(2)
+    print("RESULT " + json.dumps([made, again, jax.device_count()]))
+  """)
+  assert result == [True, False, 3]
+
+
+def test_request_after_start_is_left_out():
+  result = _run("""
+    import json, jax
+    from fedjax_med.core import sharding
+    count = jax.device_count()
+    made = sharding.request_cpu_devices(2)
+    try:
+      sharding.client_mesh(2)
+      error = ""
+    except ValueError as e:
+      error = str(e)
+    print("RESULT " + json.dumps([count, made, error]))
+  """)
+  count, made, error = result
+  assert (count, made) == (1, False)
+  assert "request_cpu_devices(2)" in error
+
+
+def test_xla_flags_take_precedence():
+  result = _run(
+    """
+    import json, jax
+    from fedjax_med.core import sharding
+    made = sharding.request_cpu_devices(2)
+    print("RESULT " + json.dumps([made, jax.device_count()]))
+    """,
+    xla_flags="--xla_force_host_platform_device_count=4",
+  )
+  assert result == [False, 4]
+
+
+@pytest.mark.slow
+def test_experiment_on_two_cpu_devices_matches_one(tmp_path):
+  # The first run asks for 2 devices before JAX starts; the second runs the
+  # same config on one device in the same process.
+  result = _run(f"""
+    import json, jax
+    from configs import fed_heart_disease
+    from fedjax_med.training.experiment import run_experiment
+    finals = []
+    for devices in (2, 0):
+      config = fed_heart_disease.get_config()
+      config.num_rounds = 4
+      config.eval_every = 4
+      config.checkpoint_every = 4
+      config.progress_bar = False
+      config.cohort.num_devices = devices
+      final = run_experiment(config, "{tmp_path}/devices_" + str(devices))
+      finals.append(final["per_client"])
+    print("RESULT " + json.dumps([jax.device_count(), finals]))
+  """)
+  count, (sharded, single) = result
+  assert count == 2
+  assert sharded.keys() == single.keys()
+  for site in single:
+    for name in ("loss", "accuracy"):
+      assert sharded[site][name] == pytest.approx(
+        single[site][name], rel=1e-5, abs=1e-6
+      ), (site, name)
