@@ -5,13 +5,17 @@ The script measures, in one run:
   seconds per round  the compiled round (`jax.jit(fedavg(...).run_round)`,
                      `--clients_per_chunk` clients vmapped together) for
                      `--mlp_cohorts` and `--cnn_cohorts` clients per round,
-                     and the two per-client loops of
+                     on one device and sharded over `--num_devices` (by
+                     default one CPU device per usable core, see
+                     `fedjax_med.core.sharding.request_cpu_devices`), and
+                     the two per-client loops of
                      `benchmarks/client_loops.py` on the same workload at
                      `--loop_cohorts`: "loop" (one jit-compiled
                      `local_train` call per client) and "fedjax_loop" (the
                      design of FedJAX's default engine, one jit-compiled call
-                     per local step). At the smallest cohort the first round
-                     of the three is checked to give the same parameters.
+                     per local step), which run on one device. At every loop
+                     cohort the first round of every way is checked to give
+                     the same parameters.
   memory             XLA's compiled memory of the MLP round
                      (`Compiled.memory_analysis()`, per device) at
                      `--memory_cohorts`, with the chunk size picked from
@@ -35,8 +39,9 @@ rows drawn with replacement from the 1797 digits, so that 10 000 clients
 have data; the population is the same at every cohort size. Every client
 runs `--num_local_steps` SGD steps of `--batch_size`.
 
-`--device=gpu` runs the same measurements on the first GPU, records
-`jax.devices()` and fails with a message when JAX finds no GPU.
+`--device=gpu` runs the same measurements on the first GPU (the sharded
+round on `--num_devices` GPUs, all by default), records `jax.devices()` and
+fails with a message when JAX finds no GPU.
 
 Run from the repository root:
   python benchmarks/scaling.py
@@ -65,7 +70,7 @@ from absl import app, flags, logging
 from client_loops import make_loop_round, make_step_loop_round
 
 from fedjax_med.algorithms.fedavg import ClientConfig, CohortConfig, fedavg
-from fedjax_med.core import memory
+from fedjax_med.core import memory, sharding
 from fedjax_med.data.federated_data import ClientArrays, FederatedData
 from fedjax_med.data.sklearn_sources import load_digits_arrays
 from fedjax_med.models.base import Model
@@ -99,6 +104,7 @@ QUICK_VALUES = {
   "batch_size": 4,
   "client_rows": 8,
   "clients_per_chunk": 4,
+  "num_devices": 2,
 }
 
 _FLOWER_SIMULATION = flags.DEFINE_bool(
@@ -149,6 +155,13 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
   "clients_per_chunk", 50, "Clients vmapped together in the timed rounds."
 )
+flags.DEFINE_integer(
+  "num_devices",
+  0,
+  "Devices the sharded compiled round splits its cohort over; 0 means one "
+  "CPU device per usable core (or every GPU with --device=gpu), 1 skips "
+  "the sharded round.",
+)
 flags.DEFINE_integer("num_local_steps", 4, "Local SGD steps per round.")
 flags.DEFINE_integer("batch_size", 16, "Examples per local step.")
 _LEARNING_RATE = flags.DEFINE_float(
@@ -177,11 +190,33 @@ def int_list(name: str) -> list[int]:
     ) from error
 
 
-def select_device(device: str) -> list[str]:
-  """Pins JAX to `device` and returns `jax.devices()` as strings."""
+def usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
+def select_device(device: str) -> tuple[list[str], int]:
+  """Pins JAX to `device`.
+
+  Returns:
+    `jax.devices()` as strings, and the devices of the sharded round.
+
+  Raises:
+    app.UsageError: If there is no GPU for `device="gpu"`, or fewer
+      devices than `--num_devices`.
+  """
+  requested = option("num_devices")
+  if requested < 0:
+    raise app.UsageError(
+      f"--num_devices={requested} must not be negative; pass 0 for one per "
+      "core (CPU) or every GPU."
+    )
   if device == "cpu":
     jax.config.update("jax_platforms", "cpu")
-    return [str(d) for d in jax.devices()]
+    sharding.request_cpu_devices(requested or usable_cores())
+    return [str(d) for d in jax.devices()], requested or usable_cores()
   try:
     gpus = jax.devices("gpu")
   except RuntimeError as error:
@@ -195,7 +230,7 @@ def select_device(device: str) -> list[str]:
       f"--device=gpu found {gpus}, but JAX's default backend is "
       f"{jax.default_backend()!r}; unset JAX_PLATFORMS or set it to 'cuda'."
     )
-  return [str(d) for d in jax.devices()]
+  return [str(d) for d in jax.devices()], requested or len(gpus)
 
 
 def resampled_digits(as_images: bool, num_clients: int, rows: int, seed: int):
@@ -292,29 +327,50 @@ class Workload:
     sample_x = jnp.asarray(self.data.train.x[0, :1])
     self.variables = self.model.init(init_key, sample_x)
     self.init_key = init_key
+    self._replicated = None
 
-  def algorithm(self, clients_per_round: int, clients_per_chunk: int | None):
+  def algorithm(
+    self,
+    clients_per_round: int,
+    clients_per_chunk: int | None,
+    mesh: jax.sharding.Mesh | None = None,
+  ):
     cohort = CohortConfig(
-      clients_per_round, clients_per_chunk=clients_per_chunk
+      clients_per_round, clients_per_chunk=clients_per_chunk, mesh=mesh
     )
     return fedavg(
       self.model, self.data.num_clients, client=self.client, cohort=cohort
     )
 
-  def compiled_run(self, clients_per_round: int):
-    algorithm = self.algorithm(clients_per_round, option("clients_per_chunk"))
-    run_round = jax.jit(algorithm.run_round)
-    carry = {"state": algorithm.init(self.init_key, self.variables)}
+  def compiled_run(
+    self, clients_per_round: int, mesh: jax.sharding.Mesh | None = None
+  ):
+    """The compiled round, on one device or sharded over `mesh`."""
+    algorithm = self.algorithm(
+      clients_per_round, option("clients_per_chunk"), mesh
+    )
+    run_round = sharding.jit_round(algorithm.run_round, mesh)
+    data = self.device_data if mesh is None else self.replicated_data(mesh)
+    carry = {
+      "state": sharding.replicate(
+        algorithm.init(self.init_key, self.variables), mesh
+      )
+    }
 
     def run(r):
       state, _ = run_round(
-        carry["state"], self.device_data, jax.random.fold_in(self.run_key, r)
+        carry["state"], data, jax.random.fold_in(self.run_key, r)
       )
       carry["state"] = state
       carry.setdefault("first_params", state.params)
       return state.params
 
     return run, carry
+
+  def replicated_data(self, mesh: jax.sharding.Mesh) -> FederatedData:
+    if self._replicated is None:
+      self._replicated = sharding.replicate(self.data, mesh)
+    return self._replicated
 
   def loop_run(self, make_round, clients_per_round: int):
     run_round = make_round(
@@ -343,14 +399,24 @@ class Workload:
     return run, carry
 
 
-def time_workload(workload: Workload, cohorts: list[int]) -> list[dict]:
-  """Seconds per round of the compiled round and the loops, per cohort."""
+def time_workload(
+  workload: Workload, cohorts: list[int], mesh: jax.sharding.Mesh | None
+) -> list[dict]:
+  """Seconds per round of the compiled rounds and the loops, per cohort.
+
+  Each `*_ratio` is a loop's seconds over the one-device compiled round's,
+  and each `*_sharded_ratio` over the round sharded over `mesh`.
+  """
   rows = []
   loop_cohorts = set(int_list("loop_cohorts"))
   for clients_per_round in cohorts:
     row = {"clients_per_round": clients_per_round}
     run, compiled_carry = workload.compiled_run(clients_per_round)
     runs, carries = {"compiled": run}, {}
+    if mesh is not None:
+      runs["compiled_sharded"], carries["compiled_sharded"] = (
+        workload.compiled_run(clients_per_round, mesh)
+      )
     if clients_per_round in loop_cohorts:
       for way, make_round in (
         ("loop", make_loop_round),
@@ -360,15 +426,25 @@ def time_workload(workload: Workload, cohorts: list[int]) -> list[dict]:
           make_round, clients_per_round
         )
     row.update(time_alternating(runs, option("rounds")))
-    compiled_median = row["compiled"]["median_seconds"]
-    compiled_min = row["compiled"]["min_seconds"]
     for way, carry in carries.items():
-      row[f"{way}_ratio"] = row[way]["median_seconds"] / compiled_median
-      row[f"{way}_min_ratio"] = row[way]["min_seconds"] / compiled_min
       # Round 0 of every way started from the same state and key.
       row[f"{way}_max_abs_diff"] = max_abs_diff(
         compiled_carry["first_params"], carry["first_params"]
       )
+      if way == "compiled_sharded":
+        row["num_devices"] = mesh.devices.size
+        continue
+      for engine, suffix in (
+        ("compiled", ""),
+        ("compiled_sharded", "_sharded"),
+      ):
+        if engine in row:
+          row[f"{way}{suffix}_ratio"] = (
+            row[way]["median_seconds"] / row[engine]["median_seconds"]
+          )
+          row[f"{way}{suffix}_min_ratio"] = (
+            row[way]["min_seconds"] / row[engine]["min_seconds"]
+          )
     rows.append(row)
     print(f"{workload.name} at {clients_per_round} clients: done", flush=True)
   return rows
@@ -456,14 +532,19 @@ def flops_rows(workload: Workload, timing: list[dict], peak: dict) -> dict:
   for row in timing:
     flops = step * workload.client.num_local_steps * row["clients_per_round"]
     achieved = flops / row["compiled"]["median_seconds"]
-    rows.append(
-      {
-        "clients_per_round": row["clients_per_round"],
-        "round_flops": flops,
-        "flops_per_second": achieved,
-        "fraction_of_matmul_peak": achieved / peak["flops_per_second"],
-      }
-    )
+    entry = {
+      "clients_per_round": row["clients_per_round"],
+      "round_flops": flops,
+      "flops_per_second": achieved,
+      "fraction_of_matmul_peak": achieved / peak["flops_per_second"],
+    }
+    if "compiled_sharded" in row:
+      sharded = flops / row["compiled_sharded"]["median_seconds"]
+      entry["sharded_flops_per_second"] = sharded
+      entry["sharded_fraction_of_matmul_peak"] = (
+        sharded / peak["flops_per_second"]
+      )
+    rows.append(entry)
   return {"local_step_flops": step, "rows": rows}
 
 
@@ -527,18 +608,35 @@ def flower_simulation_row(enabled: bool, rounds: int) -> dict:
 def check_target(mlp_rows: list[dict]) -> dict:
   """Compares the FedJAX-style loop with the compiled round at 1000 clients.
 
-  `met` uses the median rounds; `met_on_min` the fastest rounds.
+  The top-level figures are for the one-device round, `sharded` for the
+  round sharded over the run's devices (None without one). `met` uses the
+  median rounds; `met_on_min` the fastest rounds.
   """
+
+  def verdict(ratio, min_ratio):
+    return {
+      "ratio": ratio,
+      "met": ratio >= TARGET_RATIO,
+      "ratio_on_min": min_ratio,
+      "met_on_min": min_ratio >= TARGET_RATIO,
+    }
+
   for row in mlp_rows:
     if row["clients_per_round"] == TARGET_COHORT and "fedjax_loop" in row:
-      ratio, min_ratio = row["fedjax_loop_ratio"], row["fedjax_loop_min_ratio"]
-      return {
+      target = {
         "min_ratio": TARGET_RATIO,
-        "ratio": ratio,
-        "met": ratio >= TARGET_RATIO,
-        "ratio_on_min": min_ratio,
-        "met_on_min": min_ratio >= TARGET_RATIO,
+        **verdict(row["fedjax_loop_ratio"], row["fedjax_loop_min_ratio"]),
+        "sharded": None,
       }
+      if "fedjax_loop_sharded_ratio" in row:
+        target["sharded"] = {
+          "num_devices": row["num_devices"],
+          **verdict(
+            row["fedjax_loop_sharded_ratio"],
+            row["fedjax_loop_sharded_min_ratio"],
+          ),
+        }
+      return target
   return {"min_ratio": TARGET_RATIO, "ratio": None, "met": None}
 
 
@@ -546,35 +644,37 @@ def format_timing(name: str, rows: list[dict]) -> list[str]:
   lines = []
   for row in rows:
     cells = [name, str(row["clients_per_round"])]
-    compiled = row["compiled"]
-    cells.append(
-      f"{compiled['median_seconds']:.4f} / {compiled['min_seconds']:.4f}"
-    )
-    for way in ("loop", "fedjax_loop"):
+    for way in ("compiled", "compiled_sharded"):
       if way in row:
         cells.append(
-          f"{row[way]['median_seconds']:.4f} / {row[way]['min_seconds']:.4f} "
-          f"({row[f'{way}_ratio']:.1f}x / {row[f'{way}_min_ratio']:.1f}x)"
+          f"{row[way]['median_seconds']:.4f} / {row[way]['min_seconds']:.4f}"
         )
       else:
         cells.append("-")
-    if "loop" in row:
-      diff = max(row["loop_max_abs_diff"], row["fedjax_loop_max_abs_diff"])
-      cells.append(f"{diff:.1e}")
-    else:
-      cells.append("-")
+    for way in ("loop", "fedjax_loop"):
+      if way in row:
+        ratios = f"{row[f'{way}_ratio']:.1f}x"
+        if f"{way}_sharded_ratio" in row:
+          ratios += f" / {row[f'{way}_sharded_ratio']:.1f}x"
+        cells.append(f"{row[way]['median_seconds']:.4f} ({ratios})")
+      else:
+        cells.append("-")
+    diffs = [v for k, v in row.items() if k.endswith("_max_abs_diff")]
+    cells.append(f"{max(diffs):.1e}" if diffs else "-")
     cells.append(f"{row['compiled']['first_round_seconds']:.2f}")
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
 
-def format_tables(results: dict) -> dict[str, str]:
+def format_tables(results: dict, num_devices: int) -> dict[str, str]:
   timing = [
-    "| model | clients/round | compiled s/round (median / min) | "
-    "per-client-jit loop s/round (loop/compiled) | FedJAX-style loop "
-    "s/round (loop/compiled) | max abs diff, round 1 | compiled 1st round "
-    "s (with compile) |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "| model | clients/round | compiled, 1 device, s/round (median / min) "
+    f"| compiled, {num_devices} devices, s/round (median / min) | "
+    "per-client-jit loop s/round (median; loop/compiled on 1 / "
+    f"{num_devices} devices) | FedJAX-style loop s/round (median; "
+    f"loop/compiled on 1 / {num_devices} devices) | max abs diff, round 1 "
+    "| compiled 1st round s (with compile) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for name in ("mlp", "cnn"):
     timing += format_timing(name, results["seconds_per_round"][name])
@@ -597,15 +697,23 @@ def format_tables(results: dict) -> dict[str, str]:
     )
   peak = results["flops"]["matmul_peak"]
   flop = [
-    f"| clients/round | CNN round GFLOP | achieved GFLOP/s | fraction of "
-    f"matmul peak ({peak['flops_per_second'] / 1e9:.1f} GFLOP/s) |",
-    "|---:|---:|---:|---:|",
+    f"| clients/round | CNN round GFLOP | achieved GFLOP/s, 1 device | "
+    f"fraction of matmul peak ({peak['flops_per_second'] / 1e9:.1f} "
+    f"GFLOP/s) | achieved GFLOP/s, {num_devices} devices | fraction of "
+    "matmul peak |",
+    "|---:|---:|---:|---:|---:|---:|",
   ]
   for row in results["flops"]["cnn"]["rows"]:
+    sharded = "- | -"
+    if "sharded_flops_per_second" in row:
+      sharded = (
+        f"{row['sharded_flops_per_second'] / 1e9:.2f} "
+        f"| {row['sharded_fraction_of_matmul_peak']:.3f}"
+      )
     flop.append(
       f"| {row['clients_per_round']} | {row['round_flops'] / 1e9:.2f} "
       f"| {row['flops_per_second'] / 1e9:.2f} "
-      f"| {row['fraction_of_matmul_peak']:.3f} |"
+      f"| {row['fraction_of_matmul_peak']:.3f} | {sharded} |"
     )
   return {
     "seconds_per_round": "\n".join(timing),
@@ -631,7 +739,14 @@ def main(argv):
       f"a cohort of {largest} clients exceeds --num_clients="
       f"{option('num_clients')}; raise --num_clients or lower the cohorts."
     )
-  devices = select_device(_DEVICE.value)
+  devices, num_devices = select_device(_DEVICE.value)
+  if num_devices > len(devices):
+    raise app.UsageError(
+      f"--num_devices={num_devices} exceeds the {len(devices)} devices "
+      f"present ({devices}); lower it. On a CPU, JAX started before the "
+      "script could add devices, or XLA_FLAGS sets fewer."
+    )
+  mesh = sharding.client_mesh(num_devices)
   logging.set_verbosity(logging.WARNING)
   command = "python " + shlex.join(sys.argv)
   start = time.perf_counter()
@@ -645,8 +760,8 @@ def main(argv):
   mlp = Workload("mlp", client, _SEED.value)
   cnn = Workload("cnn", client, _SEED.value)
   timing = {
-    "mlp": time_workload(mlp, int_list("mlp_cohorts")),
-    "cnn": time_workload(cnn, int_list("cnn_cohorts")),
+    "mlp": time_workload(mlp, int_list("mlp_cohorts"), mesh),
+    "cnn": time_workload(cnn, int_list("cnn_cohorts"), mesh),
   }
   budget_mb = option("memory_budget_mb")
   memory_results = {"budget_mb": budget_mb, "rows": memory_rows(mlp, budget_mb)}
@@ -664,7 +779,7 @@ def main(argv):
       option("rounds"),
     ),
   }
-  tables = format_tables(results)
+  tables = format_tables(results, num_devices)
   metadata = run_metadata.collect_metadata(command)
   metadata["device"] = _DEVICE.value
   metadata["devices"] = devices
@@ -686,6 +801,7 @@ def main(argv):
         "memory_cohorts",
         "memory_budget_mb",
         "clients_per_chunk",
+        "num_devices",
         "num_local_steps",
         "batch_size",
         "matmul_size",
@@ -697,6 +813,8 @@ def main(argv):
     "tables": tables,
     "total_seconds": time.perf_counter() - start,
   }
+  # The devices the sharded round used; 1 when it did not run.
+  payload["settings"]["num_devices"] = 1 if mesh is None else num_devices
   output = _OUTPUT.value or (
     "benchmarks/results/scaling.json"
     if _DEVICE.value == "cpu"
@@ -734,8 +852,17 @@ def main(argv):
       f"{target['ratio']:.1f}x on medians "
       f"({'met' if target['met'] else 'NOT met'}), "
       f"{target['ratio_on_min']:.1f}x on the fastest rounds "
-      f"({'met' if target['met_on_min'] else 'NOT met'})."
+      f"({'met' if target['met_on_min'] else 'NOT met'}) on one device."
     )
+    sharded = target["sharded"]
+    if sharded is not None:
+      print(
+        f"  Sharded over {sharded['num_devices']} devices: "
+        f"{sharded['ratio']:.1f}x on medians "
+        f"({'met' if sharded['met'] else 'NOT met'}), "
+        f"{sharded['ratio_on_min']:.1f}x on the fastest rounds "
+        f"({'met' if sharded['met_on_min'] else 'NOT met'})."
+      )
   flower = results["flower_simulation"]
   if flower["status"] == "measured":
     print(

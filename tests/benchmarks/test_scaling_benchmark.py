@@ -60,6 +60,9 @@ def test_quick_top_level_keys(quick_run):
     "total_seconds",
   }
   assert payload["settings"]["quick"] is True
+  # --quick shards over 2 CPU devices, which the script asks JAX for.
+  assert payload["settings"]["num_devices"] == 2
+  assert len(payload["metadata"]["devices"]) == 2
   assert payload["metadata"]["device"] == "cpu"
   assert payload["metadata"]["devices"]
   assert payload["flower_simulation"]["status"] == "not measured"
@@ -76,15 +79,21 @@ def test_quick_timing_rows(quick_run):
       assert compiled > 0
       fastest = row["compiled"]["min_seconds"]
       assert fastest <= compiled
+      sharded = row["compiled_sharded"]
+      assert row["num_devices"] == 2
       for way in ("loop", "fedjax_loop"):
-        ratio = row[way]["median_seconds"] / compiled
-        np.testing.assert_allclose(row[f"{way}_ratio"], ratio, rtol=1e-9)
-        min_ratio = row[way]["min_seconds"] / fastest
-        np.testing.assert_allclose(
-          row[f"{way}_min_ratio"], min_ratio, rtol=1e-9
-        )
-        # Round 1 of every way gives the same parameters.
-        assert row[f"{way}_max_abs_diff"] < 1e-4
+        for engine, suffix in ((row["compiled"], ""), (sharded, "_sharded")):
+          ratio = row[way]["median_seconds"] / engine["median_seconds"]
+          np.testing.assert_allclose(
+            row[f"{way}{suffix}_ratio"], ratio, rtol=1e-9
+          )
+          min_ratio = row[way]["min_seconds"] / engine["min_seconds"]
+          np.testing.assert_allclose(
+            row[f"{way}{suffix}_min_ratio"], min_ratio, rtol=1e-9
+          )
+      # Round 1 of every way gives the same parameters.
+      for way in ("compiled_sharded", "loop", "fedjax_loop"):
+        assert row[f"{way}_max_abs_diff"] < 1e-4, way
 
 
 def test_quick_memory_within_budget(quick_run):
@@ -137,6 +146,10 @@ def test_quick_flops_arithmetic(quick_run):
       row["fraction_of_matmul_peak"],
       row["flops_per_second"] / peak["flops_per_second"],
       rtol=1e-9,
+    )
+    sharded_seconds = timing[clients]["compiled_sharded"]["median_seconds"]
+    np.testing.assert_allclose(
+      row["sharded_flops_per_second"], expected / sharded_seconds, rtol=1e-9
     )
 
 
