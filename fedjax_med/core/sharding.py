@@ -24,7 +24,7 @@ _FORCED_COUNT = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
 
 
 def request_cpu_devices(num_devices: int | None) -> bool:
-  """Asks JAX for `num_devices` CPU devices before its backend starts.
+  """Requests `num_devices` CPU devices from JAX before its backend starts.
 
   On a CPU, each device runs its shard of the cohort on its own thread, so
   `num_devices` up to the number of cores uses them all. The request is
@@ -36,7 +36,7 @@ def request_cpu_devices(num_devices: int | None) -> bool:
 
   Args:
     num_devices: Devices the run shards its cohort over; None, 0 or 1
-      asks for nothing.
+      requests nothing.
 
   Returns:
     True if the request was made, False if it was left out.
@@ -50,7 +50,7 @@ def request_cpu_devices(num_devices: int | None) -> bool:
   try:
     jax.config.update("jax_num_cpu_devices", int(num_devices))
   except RuntimeError:
-    # The backend has started; its device count is fixed.
+    # The backend has started, so its device count is fixed.
     return False
   return True
 

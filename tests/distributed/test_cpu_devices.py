@@ -38,11 +38,15 @@ def test_request_before_start_makes_the_devices():
   result = _run("""
     import json, jax
     from fedjax_med.core import sharding
-    made = sharding.request_cpu_devices(3)
-    again = sharding.request_cpu_devices(2)
-    print("RESULT " + json.dumps([made, again, jax.device_count()]))
+    first = sharding.request_cpu_devices(3)
+    smaller = sharding.request_cpu_devices(2)
+    print("RESULT " + json.dumps([first, smaller, jax.device_count()]))
   """)
-  assert result == [True, False, 3]
+  first, smaller, count = result
+  assert first is True
+  # 3 devices already cover a request for 2.
+  assert smaller is False
+  assert count == 3
 
 
 def test_request_after_start_is_left_out():
@@ -50,16 +54,17 @@ def test_request_after_start_is_left_out():
     import json, jax
     from fedjax_med.core import sharding
     count = jax.device_count()
-    made = sharding.request_cpu_devices(2)
+    requested = sharding.request_cpu_devices(2)
     try:
       sharding.client_mesh(2)
       error = ""
     except ValueError as e:
       error = str(e)
-    print("RESULT " + json.dumps([count, made, error]))
+    print("RESULT " + json.dumps([count, requested, error]))
   """)
-  count, made, error = result
-  assert (count, made) == (1, False)
+  count, requested, error = result
+  assert count == 1
+  assert requested is False
   assert "request_cpu_devices(2)" in error
 
 
@@ -68,17 +73,19 @@ def test_xla_flags_take_precedence():
     """
     import json, jax
     from fedjax_med.core import sharding
-    made = sharding.request_cpu_devices(2)
-    print("RESULT " + json.dumps([made, jax.device_count()]))
+    requested = sharding.request_cpu_devices(2)
+    print("RESULT " + json.dumps([requested, jax.device_count()]))
     """,
     xla_flags="--xla_force_host_platform_device_count=4",
   )
-  assert result == [False, 4]
+  requested, count = result
+  assert requested is False
+  assert count == 4
 
 
 @pytest.mark.slow
 def test_experiment_on_two_cpu_devices_matches_one(tmp_path):
-  # The first run asks for 2 devices before JAX starts; the second runs the
+  # The first run requests 2 devices before JAX starts; the second runs the
   # same config on one device in the same process.
   result = _run(f"""
     import json, jax
