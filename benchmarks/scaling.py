@@ -279,27 +279,32 @@ def time_alternating(
   affects all of them alike.
 
   Returns:
-    Per way: the median, the minimum and every timed round's seconds, and
-    round 0's. On a shared machine the minimum is the least disturbed by
-    other processes.
+    Per way: the median, the minimum and every timed round's seconds,
+    round 0's, and the median CPU seconds of this process per timed round
+    (over the wall seconds, the cores it kept busy). On a shared machine
+    the minimum is the least disturbed by other processes.
   """
 
   def seconds(run, r):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     jax.block_until_ready(run(r))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
-  first = {way: seconds(run, 0) for way, run in runs.items()}
+  first = {way: seconds(run, 0)[0] for way, run in runs.items()}
   timed = {way: [] for way in runs}
+  cpu = {way: [] for way in runs}
   for r in range(1, rounds + 1):
     for way, run in runs.items():
-      timed[way].append(seconds(run, r))
+      wall, busy = seconds(run, r)
+      timed[way].append(wall)
+      cpu[way].append(busy)
   return {
     way: {
       "median_seconds": statistics.median(timed[way]),
       "min_seconds": min(timed[way]),
       "round_seconds": timed[way],
       "first_round_seconds": first[way],
+      "median_cpu_seconds": statistics.median(cpu[way]),
     }
     for way in runs
   }
@@ -345,7 +350,7 @@ class Workload:
   def compiled_run(
     self, clients_per_round: int, mesh: jax.sharding.Mesh | None = None
   ):
-    """The compiled round, on one device or sharded over `mesh`."""
+    """Builds the compiled round, on one device or sharded over `mesh`."""
     algorithm = self.algorithm(
       clients_per_round, option("clients_per_chunk"), mesh
     )
@@ -678,6 +683,23 @@ def format_tables(results: dict, num_devices: int) -> dict[str, str]:
   ]
   for name in ("mlp", "cnn"):
     timing += format_timing(name, results["seconds_per_round"][name])
+  ways = ("compiled", "compiled_sharded", "loop", "fedjax_loop")
+  busy = [
+    "| model | clients/round | compiled, 1 device | compiled, "
+    f"{num_devices} devices | per-client-jit loop | FedJAX-style loop |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
+  for name in ("mlp", "cnn"):
+    for row in results["seconds_per_round"][name]:
+      cells = [
+        f"{row[w]['median_cpu_seconds'] / row[w]['median_seconds']:.2f}"
+        if w in row
+        else "-"
+        for w in ways
+      ]
+      busy.append(
+        f"| {name} | {row['clients_per_round']} | " + " | ".join(cells) + " |"
+      )
   budget = results["memory"]["budget_mb"]
   mem = [
     f"| clients/round | clients/chunk (budget {budget:g} MB) | temp MB "
@@ -717,6 +739,7 @@ def format_tables(results: dict, num_devices: int) -> dict[str, str]:
     )
   return {
     "seconds_per_round": "\n".join(timing),
+    "cores_busy": "\n".join(busy),
     "memory": "\n".join(mem),
     "flops": "\n".join(flop),
   }
@@ -837,6 +860,9 @@ def main(argv):
   )
   print()
   print(tables["seconds_per_round"])
+  print()
+  print("Cores kept busy (CPU seconds over wall seconds, medians):")
+  print(tables["cores_busy"])
   print()
   print(tables["memory"])
   print()

@@ -79,6 +79,8 @@ def test_quick_timing_rows(quick_run):
       assert compiled > 0
       fastest = row["compiled"]["min_seconds"]
       assert fastest <= compiled
+      for way in ("compiled", "compiled_sharded", "loop", "fedjax_loop"):
+        assert row[way]["median_cpu_seconds"] > 0, way
       sharded = row["compiled_sharded"]
       assert row["num_devices"] == 2
       for way in ("loop", "fedjax_loop"):
