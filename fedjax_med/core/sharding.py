@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -32,7 +33,8 @@ def request_cpu_devices(num_devices: int | None) -> bool:
   after the backend has started (any JAX computation or `jax.devices()`),
   or when `XLA_FLAGS` already sets
   `--xla_force_host_platform_device_count`, which it would override. It
-  does not touch GPUs or TPUs.
+  does not touch GPUs or TPUs. More devices than cores is allowed (tests
+  fake 8 devices on 2 cores) but shares the cores, so it logs a warning.
 
   Args:
     num_devices: Devices the run shards its cohort over; None, 0 or 1
@@ -52,7 +54,22 @@ def request_cpu_devices(num_devices: int | None) -> bool:
   except RuntimeError:
     # The backend has started, so its device count is fixed.
     return False
+  cores = _usable_cores()
+  if num_devices > cores:
+    logging.warning(
+      "Requested %d CPU devices on %d usable cores; the devices beyond the "
+      "core count share the cores and make a round slower, not faster.",
+      num_devices,
+      cores,
+    )
   return True
+
+
+def _usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
 
 
 def client_mesh(num_devices: int | None) -> Mesh | None:
@@ -80,12 +97,23 @@ def client_mesh(num_devices: int | None) -> Mesh | None:
     )
   devices = jax.devices()
   if num_devices > len(devices):
+    forced = _FORCED_COUNT.search(os.environ.get("XLA_FLAGS", ""))
+    if forced and devices[0].platform == "cpu":
+      fix = (
+        f"XLA_FLAGS sets {forced.group(0)}, which fixes the CPU device "
+        f"count; raise it to {num_devices}, or unset it so that "
+        "scripts/train.py makes the devices."
+      )
+    else:
+      fix = (
+        f"on CPU, scripts/train.py makes them when JAX has not started; in "
+        f"your own program call request_cpu_devices({num_devices}) or set "
+        f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} "
+        "before any JAX computation."
+      )
     raise ValueError(
       f"cohort.num_devices={num_devices} exceeds the {len(devices)} "
-      f"{devices[0].platform} devices present; lower it, or on CPU fake "
-      f"more devices with request_cpu_devices({num_devices}) or XLA_FLAGS="
-      f"--xla_force_host_platform_device_count={num_devices}, either one "
-      "before JAX starts."
+      f"{devices[0].platform} devices present; lower it, or {fix}"
     )
   return Mesh(np.asarray(devices[:num_devices]), (CLIENT_AXIS,))
 

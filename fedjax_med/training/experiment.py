@@ -118,6 +118,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"{field}={value!r} must be a positive integer; pass e.g. "
         f"--config.{field}=10."
       )
+  num_devices = config.get("cohort", {}).get("num_devices", 0)
+  if not isinstance(num_devices, int) or num_devices < 0:
+    raise ValueError(
+      f"cohort.num_devices={num_devices!r} must be a non-negative integer; "
+      "pass 0 or 1 for one device, or the number of devices to shard each "
+      "round's cohort over, e.g. --config.cohort.num_devices=2."
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -253,6 +260,7 @@ def run_experiment(
     FloatingPointError: If the training loss becomes NaN or infinite; the
       last good checkpoint stays on disk.
   """
+  validate_config(config)
   # A CPU run gets one device per shard if JAX has not started yet.
   sharding.request_cpu_devices(config.cohort.get("num_devices", 0))
   # `float64 = True` runs in double precision (convex benchmarks); x64 is
@@ -263,7 +271,6 @@ def run_experiment(
       return run_experiment(config, workdir, resume=resume)
     finally:
       jax.config.update("jax_enable_x64", False)
-  validate_config(config)
   protocol = protocols.protocol_name(config)
   data = load_data(protocols.loading_config(config))
   model = build_model(config, data)
@@ -382,6 +389,12 @@ def _train_with_checkpointer(
   # Under cohort.num_devices > 1 the state and data are replicated on the
   # mesh that the round shards its cohort over.
   mesh = sharding.client_mesh(config.cohort.get("num_devices", 0))
+  if mesh is not None:
+    logging.info(
+      "Sharding each round's cohort over %d devices: %s",
+      mesh.devices.size,
+      ", ".join(str(d) for d in mesh.devices.flat),
+    )
   state = sharding.replicate(state, mesh)
   device_data = sharding.replicate(train_data, mesh)
   round_fn = sharding.jit_round(algorithm.run_round, mesh)

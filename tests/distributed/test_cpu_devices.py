@@ -83,9 +83,28 @@ def test_xla_flags_take_precedence():
   assert count == 4
 
 
+def test_too_few_forced_devices_names_xla_flags():
+  result = _run(
+    """
+    import json
+    from fedjax_med.core import sharding
+    sharding.request_cpu_devices(2)
+    try:
+      sharding.client_mesh(2)
+      error = ""
+    except ValueError as e:
+      error = str(e)
+    print("RESULT " + json.dumps(error))
+    """,
+    xla_flags="--xla_force_host_platform_device_count=1",
+  )
+  assert "cohort.num_devices=2 exceeds the 1 cpu devices" in result
+  assert "XLA_FLAGS sets --xla_force_host_platform_device_count=1" in result
+
+
 @pytest.mark.slow
 def test_experiment_on_two_cpu_devices_matches_one(tmp_path):
-  # The first run requests 2 devices before JAX starts; the second runs the
+  # The first run requests 2 devices before JAX starts. The second runs the
   # same config on one device in the same process.
   result = _run(f"""
     import json, jax

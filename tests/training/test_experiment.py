@@ -132,11 +132,21 @@ def test_baselines_run(tmp_path, name):
     ({"client.learning_rate": -0.1}, ValueError, "learning_rate=-0.1"),
     ({"server.learning_rate": 0.0}, ValueError, "learning_rate=0.0"),
     ({"num_rounds": 0}, ValueError, "num_rounds=0"),
+    ({"cohort.num_devices": -1}, ValueError, "num_devices=-1"),
   ],
 )
 def test_bad_config_raises(tmp_path, overrides, error, message):
   with pytest.raises(error, match=message):
     experiment.run_experiment(_config(**overrides), str(tmp_path))
+
+
+def test_bad_num_devices_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match="num_devices=-1"):
+    experiment.run_experiment(
+      _config(**{"cohort.num_devices": -1}), str(workdir)
+    )
+  assert not workdir.exists()
 
 
 def test_missing_data_file_raises(tmp_path):
