@@ -53,9 +53,10 @@ def masked_sum(tree: PyTree, mask: jax.Array) -> PyTree:
 
   def total(leaf):
     if jnp.issubdtype(leaf.dtype, jnp.floating):
-      # A dot, not a reduction of `leaf * weights`: XLA:CPU ran that fused
-      # reduction several times slower (5 ms against under 1 ms for 200
-      # clients of a 64 x 64 matrix).
+      # A dot, not a reduction of `leaf * weights`, because XLA:CPU ran that
+      # fused reduction several times slower. In a one-off profile (jax
+      # 0.10.2, 2-core AMD EPYC) it took 5 ms, against under 1 ms for the
+      # dot, for 200 clients of a 64 x 64 matrix.
       return jnp.tensordot(
         mask.astype(leaf.dtype),
         leaf,

@@ -60,7 +60,7 @@ def test_quick_top_level_keys(quick_run):
     "total_seconds",
   }
   assert payload["settings"]["quick"] is True
-  # --quick shards over 2 CPU devices, which the script asks JAX for.
+  # --quick shards over 2 CPU devices, which the script requests from JAX.
   assert payload["settings"]["num_devices"] == 2
   assert len(payload["metadata"]["devices"]) == 2
   assert payload["metadata"]["device"] == "cpu"
