@@ -190,13 +190,6 @@ def int_list(name: str) -> list[int]:
     ) from error
 
 
-def usable_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not on Linux.
-    return os.cpu_count() or 1
-
-
 def select_device(device: str) -> tuple[list[str], int]:
   """Pins JAX to `device`.
 
@@ -215,8 +208,9 @@ def select_device(device: str) -> tuple[list[str], int]:
     )
   if device == "cpu":
     jax.config.update("jax_platforms", "cpu")
-    sharding.request_cpu_devices(requested or usable_cores())
-    return [str(d) for d in jax.devices()], requested or usable_cores()
+    cores = sharding.usable_cores()
+    sharding.request_cpu_devices(requested or cores)
+    return [str(d) for d in jax.devices()], requested or cores
   try:
     gpus = jax.devices("gpu")
   except RuntimeError as error:

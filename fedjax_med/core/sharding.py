@@ -54,7 +54,7 @@ def request_cpu_devices(num_devices: int | None) -> bool:
   except RuntimeError:
     # The backend has started, so its device count is fixed.
     return False
-  cores = _usable_cores()
+  cores = usable_cores()
   if num_devices > cores:
     logging.warning(
       "Requested %d CPU devices on %d usable cores; the devices beyond the "
@@ -65,7 +65,8 @@ def request_cpu_devices(num_devices: int | None) -> bool:
   return True
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+  """Returns the CPU cores this process may run on."""
   try:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # Not on Linux.

@@ -4,34 +4,17 @@ Each case runs in a fresh process, because the CPU device count is fixed
 once JAX's backend starts.
 """
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+from tests.distributed.results import run_python
 
 
-def _run(code: str, xla_flags: str = "") -> dict:
+def _run(code: str, xla_flags: str = ""):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
-  completed = subprocess.run(
-    [sys.executable, "-c", textwrap.dedent(code)],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
-  assert completed.returncode == 0, completed.stderr[-4000:]
-  lines = [
-    line for line in completed.stdout.splitlines() if line.startswith("RESULT ")
-  ]
-  assert len(lines) == 1, completed.stdout[-4000:]
-  return json.loads(lines[0][len("RESULT ") :])
+  return run_python(["-c", textwrap.dedent(code)], env=env, timeout=300)
 
 
 def test_request_before_start_makes_the_devices():

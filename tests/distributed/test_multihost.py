@@ -1,6 +1,5 @@
 """Two processes on 127.0.0.1 agree with the single-process FedAvg run."""
 
-import json
 import os
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 
 from fedjax_med.distributed import multihost
 from tests.distributed import multihost_worker
+from tests.distributed.results import parse_result
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 WORKER_TIMEOUT_S = 240
@@ -62,13 +62,7 @@ def _run_workers(num_processes, local_devices):
       if worker.poll() is None:
         worker.kill()
         worker.wait()
-  results = []
-  for returncode, stdout, stderr in outputs:
-    assert returncode == 0, stderr[-4000:]
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT")]
-    assert len(lines) == 1, stdout[-4000:]
-    results.append(json.loads(lines[0][len("RESULT ") :]))
-  return results
+  return [parse_result(*output) for output in outputs]
 
 
 @pytest.mark.slow

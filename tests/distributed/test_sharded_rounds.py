@@ -1,36 +1,18 @@
 """Rounds sharded over fake CPU devices match the one-device round."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 from fedjax_med.core import sharding
+from tests.distributed.results import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 ALGORITHMS = ("fedavg", "scaffold", "newton", "dpsgd")
 
 
 @pytest.fixture(scope="module")
 def sharded_results():
-  completed = subprocess.run(
-    [sys.executable, "-m", "tests.distributed.sharded_rounds_check"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-  assert completed.returncode == 0, completed.stderr[-4000:]
-  lines = [
-    line for line in completed.stdout.splitlines() if line.startswith("RESULT ")
-  ]
-  assert len(lines) == 1, completed.stdout[-4000:]
-  return json.loads(lines[0][len("RESULT ") :])
+  return run_python(["-m", "tests.distributed.sharded_rounds_check"])
 
 
 @pytest.mark.slow
